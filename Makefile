@@ -1,0 +1,31 @@
+# Everything a person needs, from a fresh Debian 12 machine (as root).
+.PHONY: setup test demo lint format bench clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/ruff check rover tests bench
+	$(VENV)/bin/ruff format --check rover tests bench
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+demo: setup
+	bash scripts/demo.sh
+
+lint:
+	$(VENV)/bin/ruff check rover tests bench
+	$(VENV)/bin/ruff format --check rover tests bench
+
+format:
+	$(VENV)/bin/ruff format rover tests bench
+	$(VENV)/bin/ruff check --fix rover tests bench
+
+bench: setup
+	$(PY) bench/bench_symbols.py
+	$(PY) bench/bench_drain.py
+
+clean:
+	rm -rf build .pytest_cache tests/artifacts

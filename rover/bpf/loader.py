@@ -1,0 +1,113 @@
+"""Compile and load one bpf/*.c program with bcc.
+
+bcc compiles are not safe in parallel threads of one process, so every compile
+takes one process-wide lock. Compiler warnings go to a temporary file and are
+shown only when the compile fails, so a person running `rover profile` sees a
+clean terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from rover.bpf.headers import KernelHeaders
+
+_COMPILE_LOCK = threading.Lock()
+
+
+class BPFLoadError(Exception):
+    """The program could not be compiled or loaded; the message says why."""
+
+
+def bpf_source_dir() -> Path:
+    """Where bpf/*.c live: ``ROVER_BPF_DIR``, else the repository's (or image's) bpf/."""
+    env = os.environ.get("ROVER_BPF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "bpf"
+
+
+def load_program(name: str, headers: KernelHeaders, defines: dict[str, int]):
+    """Compile ``bpf/<name>.c`` and return the loaded ``bcc.BPF`` object."""
+    try:
+        from bcc import BPF
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise BPFLoadError(
+            "the bcc Python module is missing: install Debian's python3-bpfcc "
+            "(not the unrelated PyPI package 'bcc')"
+        ) from exc
+    src_dir = bpf_source_dir()
+    source = src_dir / f"{name}.c"
+    if not source.is_file():
+        raise BPFLoadError(f"BPF source {source} not found (set ROVER_BPF_DIR)")
+    cflags = list(headers.bcc_cflags())
+    cflags += [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    with _COMPILE_LOCK, _environment(headers.bcc_environment()), _captured_stderr() as err:
+        try:
+            return BPF(text=inline_local_includes(source).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception on compile/load errors
+            detail = _last_lines(err.read_text(errors="replace"))
+            raise BPFLoadError(
+                f"could not load {name}.c with {headers.describe()}: {exc}"
+                + (f"\n{detail}" if detail else "")
+            ) from exc
+
+
+def inline_local_includes(source: Path) -> str:
+    """The program text with ``#include "local.h"`` replaced by the file itself.
+
+    bcc rewrites map methods (``stats.lookup(...)``) only in the main file, so
+    shared code in our own headers must become part of it.
+    """
+    out = []
+    for line in source.read_text().splitlines():
+        m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+        local = source.parent / m.group(1) if m else None
+        if local is not None and local.is_file():
+            out.append(local.read_text().replace("#pragma once", ""))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Path]:
+    """Redirect fd 2 (where clang writes) to a temp file for the duration."""
+    with tempfile.NamedTemporaryFile(prefix="rover-bcc-", suffix=".log", delete=False) as tmp:
+        path = Path(tmp.name)
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.dup2(fd, 2)
+        yield path
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _last_lines(text: str, n: int = 15) -> str:
+    lines = [ln for ln in text.splitlines() if "error" in ln.lower()] or text.splitlines()
+    return "\n".join(lines[-n:])

@@ -1,0 +1,333 @@
+"""The ``rover`` command line.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad arguments. Errors are one
+line saying what went wrong and what to do; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rover import __version__
+from rover.units import frequency_from_period, parse_duration
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("rover")
+
+
+class UsageError(Exception):
+    """Bad arguments: exit code 2."""
+
+
+class RuntimeFailure(Exception):
+    """Something failed while running: exit code 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rover", description="eBPF profiler and Apache SkyWalking profiling agent"
+    )
+    parser.add_argument("--version", action="version", version=f"rover {__version__}")
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prof = sub.add_parser("profile", help="profile processes on this machine and write a file")
+    prof.add_argument("--pid", required=True, help="process id(s), comma separated")
+    prof.add_argument("--type", default="on-cpu", choices=["on-cpu", "off-cpu"])
+    prof.add_argument("--duration", default="30s", help="how long, e.g. 500ms, 30s, 2m")
+    rate = prof.add_mutually_exclusive_group()
+    rate.add_argument("--frequency", type=int, help="on-CPU samples per second (default 99)")
+    rate.add_argument("--period", help="on-CPU sampling period instead, e.g. 9ms")
+    prof.add_argument(
+        "--output",
+        "-o",
+        help="output file; the format follows the extension: .html .svg .folded .txt "
+        "(default: rover-<type>-<pid>.html)",
+    )
+    prof.add_argument(
+        "--value",
+        help="number to show: on-CPU 'samples' (default) or 'cpu'; "
+        "off-CPU 'off_cpu' (microseconds blocked, default) or 'switches'",
+    )
+    prof.add_argument(
+        "--kernel-headers", help="kernel headers directory to use if the host has none"
+    )
+    prof.add_argument("--host-root", default="/", help="where the host's / is mounted (default /)")
+    prof.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+    check = sub.add_parser("check", help="can profiling work on this machine?")
+    check.add_argument("--kernel-headers", help="kernel headers directory to consider")
+    check.add_argument("--host-root", default="/", help="where the host's / is mounted")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on syntax errors
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "profile":
+            return cmd_profile(args)
+        return cmd_check(args)
+    except UsageError as exc:
+        print(f"rover {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeFailure as exc:
+        print(f"rover {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"rover {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# -- rover profile ---------------------------------------------------------
+
+
+def _parse_pids(text: str) -> list[int]:
+    pids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) <= 0:
+            raise UsageError(f"--pid {text!r}: expected process ids like 1234 or 1234,5678")
+        pids.append(int(part))
+    return sorted(set(pids))
+
+
+def _validate_output(path: str) -> None:
+    from rover.export import UnsupportedFormat, format_for_path
+
+    try:
+        format_for_path(path)
+    except UnsupportedFormat as exc:
+        raise UsageError(f"--output: {exc}") from None
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"--output {path}: is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"--output {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"--output {path}: not writable")
+
+
+def _profile_settings(args: argparse.Namespace) -> tuple[list[int], float, int]:
+    pids = _parse_pids(args.pid)
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+    if duration <= 0:
+        raise UsageError(f"--duration {args.duration!r}: must be greater than zero")
+    if args.period is not None:
+        try:
+            frequency = frequency_from_period(args.period)
+        except ValueError as exc:
+            raise UsageError(f"--period: {exc}") from None
+    else:
+        frequency = 99 if args.frequency is None else args.frequency
+    if not 1 <= frequency <= 10_000:
+        raise UsageError(f"--frequency {frequency}: must be between 1 and 10000 samples per second")
+    return pids, duration, frequency
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """A validated `rover profile` invocation."""
+
+    pids: list[int]
+    profile_type: str
+    duration: float
+    frequency: int
+    output: str
+    value: str | None
+    host_root: str
+    kernel_headers: str | None
+
+
+def validate_profile_args(args: argparse.Namespace) -> ProfileRequest:
+    """Everything checkable before touching BPF; raises UsageError."""
+    from rover.export.values import select_value
+    from rover.hostfs import HostFS
+    from rover.profile import Profile, ProfileType
+
+    pids, duration, frequency = _profile_settings(args)
+    profile_type = ProfileType(args.type)
+    output = args.output or f"rover-{profile_type.value}-{pids[0]}.html"
+    _validate_output(output)
+    try:
+        select_value(Profile.new(profile_type), args.value)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"--value: {exc}") from None
+    hostfs = HostFS(args.host_root)
+    for pid in pids:
+        if not hostfs.exists(pid):
+            raise UsageError(f"--pid {pid}: no such process")
+    return ProfileRequest(
+        pids, profile_type.value, duration, frequency, output, args.value, args.host_root,
+        args.kernel_headers,
+    )  # fmt: skip
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    request = validate_profile_args(args)
+
+    from rover.bpf.engine import EngineConfig, ProfilerEngine
+    from rover.bpf.headers import HeaderSearch, KernelHeadersNotFound
+    from rover.bpf.loader import BPFLoadError
+    from rover.bpf.tracefs import ensure_tracefs
+    from rover.hostfs import HostFS, ProcessGone
+    from rover.profile import ProfileType
+    from rover.symbols import Symbolizer
+    from rover.tasks.runner import ProfilingRunner
+    from rover.tasks.timed_run import run_for
+
+    profile_type = ProfileType(request.profile_type)
+    hostfs = HostFS(request.host_root)
+    if profile_type is ProfileType.OFF_CPU and ensure_tracefs() is None:
+        raise RuntimeFailure("sched:sched_switch tracepoint not available: is tracefs mounted?")
+    try:
+        headers = HeaderSearch(hostfs=hostfs, configured_dir=request.kernel_headers).find()
+    except KernelHeadersNotFound as exc:
+        raise RuntimeFailure(str(exc)) from None
+    _status(args, f"compiling the {profile_type.value} BPF program ({headers.describe()})")
+    try:
+        engine = ProfilerEngine(profile_type, headers, EngineConfig(frequency=request.frequency))
+    except BPFLoadError as exc:
+        reason = str(exc).splitlines()[0]
+        raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    runner = ProfilingRunner(engine, Symbolizer(hostfs), request.pids, hostfs)
+    progress = _ProgressDisplay(enabled=not args.quiet, profile_type=profile_type)
+    try:
+        outcome = run_for(runner, request.duration, stop, on_progress=progress.update)
+    except ProcessGone as exc:
+        raise RuntimeFailure(str(exc)) from None
+    finally:
+        progress.finish()
+        engine.close()
+    if outcome.ended_by == "stopped":
+        _status(args, f"stopped early after {outcome.elapsed:.1f}s")
+    elif outcome.ended_by == "exited":
+        _status(args, f"every target process exited after {outcome.elapsed:.1f}s")
+    written = _write_output(outcome.profile, request.output, request.value)
+    _print_summary(outcome.profile, written, outcome.elapsed)
+    return EXIT_OK
+
+
+def _write_output(profile, output: str, value: str | None) -> str:
+    """Write the profile; if that fails, save it to a temp file rather than lose it."""
+    from rover.export import write_profile
+
+    try:
+        write_profile(profile, output, value=value)
+        return output
+    except OSError as exc:
+        fallback = os.path.join(
+            tempfile.gettempdir(), f"rover-{profile.type.value}-{int(time.time())}.folded"
+        )
+        try:
+            write_profile(profile, fallback, value=value)
+        except OSError:
+            raise RuntimeFailure(f"cannot write {output}: {exc.strerror or exc}") from None
+        raise RuntimeFailure(
+            f"cannot write {output}: {exc.strerror or exc}; the profile was saved to {fallback}"
+        ) from None
+
+
+def _print_summary(profile, path: str, elapsed: float) -> None:
+    first = profile.value_types[0]
+    total = profile.total(0)
+    unsymbolized = profile.counters.get("unsymbolized_frames", 0)
+    dropped = {
+        k: v
+        for k, v in profile.counters.items()
+        if v and k not in ("unsymbolized_frames", "stacks_empty")
+    }
+    print(
+        f"wrote {path}: {total} {first.type}, {len(profile)} distinct stacks, "
+        f"{elapsed:.1f}s, {unsymbolized} unsymbolized frames"
+    )
+    if dropped:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()))
+        print(f"warning: some data could not be collected: {details}", file=sys.stderr)
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _status(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+class _ProgressDisplay:
+    """Live progress on stderr: rewritten in place on a terminal, a line a second otherwise."""
+
+    def __init__(self, enabled: bool, profile_type: object) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.unit = "samples" if getattr(profile_type, "value", "") == "on-cpu" else "switches"
+        self._last_line = 0.0
+        self._shown = False
+
+    def update(self, p) -> None:
+        if not self.enabled:
+            return
+        remaining = max(0.0, p.duration - p.elapsed)
+        line = (
+            f"profiling: {p.elapsed:5.1f}s elapsed, {remaining:5.1f}s remaining, "
+            f"{p.events} {self.unit}, {p.alive} process(es)"
+        )
+        if self.tty:
+            sys.stderr.write("\r" + line)
+            sys.stderr.flush()
+            self._shown = True
+        elif time.monotonic() - self._last_line >= 1.0:
+            print(line, file=sys.stderr, flush=True)
+            self._last_line = time.monotonic()
+
+    def finish(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+
+
+# -- rover check -----------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from rover.check import run_checks
+    from rover.hostfs import HostFS
+
+    results = run_checks(HostFS(args.host_root), args.kernel_headers)
+    for result in results:
+        print(result.line())
+    failed = [r for r in results if r.required and not r.ok]
+    if failed:
+        print(f"profiling cannot work: {', '.join(r.name for r in failed)} failed", file=sys.stderr)
+        return EXIT_FAILURE
+    print("profiling can run on this machine")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

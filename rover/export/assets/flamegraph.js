@@ -1,0 +1,234 @@
+// Flame graph viewer: lays out the tree embedded in #profile-data.
+// Data: {frames: [[name, category, module, colour]],
+//        nodes: [frame, value, depth, ...] (pre-order triples, root first),
+//        unit, nsPerUnit, matchColor}.
+// Every frame is a div.frame in #flamegraph carrying data-name (full name),
+// data-kind (root, process, user, kernel, unsymbolized), data-value, data-depth.
+(function () {
+  "use strict";
+
+  var ROW = 17;          // pixels per stack level (16 + 1 gap)
+  var MIN_PX = 0.5;      // frames narrower than this are not drawn
+  var LABEL_MIN_PX = 22; // no text in frames narrower than this
+
+  var data = JSON.parse(document.getElementById("profile-data").textContent);
+  var chart = document.getElementById("flamegraph");
+  var details = document.getElementById("details");
+  var resetButton = document.getElementById("reset-zoom");
+  var searchInput = document.getElementById("search");
+  var searchResult = document.getElementById("search-result");
+
+  var maxDepth = 0;
+  var nodes = build(data.nodes);
+  var root = nodes[0];
+  var zoomed = root;
+  var matches = null; // Set of matching nodes while searching
+  var elementNode = new WeakMap();
+
+  function build(flat) {
+    var all = [];
+    var path = []; // path[d]: the latest node at depth d, i.e. the parent of depth d + 1
+    for (var i = 0; i < flat.length; i += 3) {
+      var frame = data.frames[flat[i]];
+      var depth = flat[i + 2];
+      var parent = depth > 0 ? path[depth - 1] : null;
+      var node = {
+        name: frame[0], kind: frame[1], module: frame[2], color: frame[3],
+        value: flat[i + 1], depth: depth, parent: parent, children: [],
+        // Children start at the parent's left edge; what is left over on the
+        // right is the parent's own time (plus hidden narrow callees).
+        x: parent ? parent.nextX : 0
+      };
+      node.nextX = node.x;
+      if (parent) {
+        parent.children.push(node);
+        parent.nextX += node.value;
+      }
+      path[depth] = node;
+      if (depth > maxDepth) maxDepth = depth;
+      all.push(node);
+    }
+    return all;
+  }
+
+  // --- formatting ---------------------------------------------------------
+
+  function count(n) { return n.toLocaleString("en-US"); }
+
+  function duration(ns) {
+    var units = [["s", 1e9], ["ms", 1e6], ["µs", 1e3]];
+    for (var i = 0; i < units.length; i++) {
+      var v = ns / units[i][1];
+      // Same as the Python summary: three significant digits, no trailing zeros.
+      if (v >= 1) {
+        return (v < 100 ? String(Number(v.toPrecision(3))) : v.toFixed(0)) + " " + units[i][0];
+      }
+    }
+    return ns + " ns";
+  }
+
+  function valueText(value) {
+    var text = count(value) + " " + data.unit;
+    if (data.nsPerUnit && value >= 1000) text += " (" + duration(value * data.nsPerUnit) + ")";
+    return text;
+  }
+
+  function percent(part, whole) {
+    return whole > 0 ? (100 * part / whole).toFixed(2) + "%" : "0.00%";
+  }
+
+  // --- layout ---------------------------------------------------------------
+
+  // Classic flame graph: root at the bottom. An icicle view would only change this.
+  function placeRow(element, depth) {
+    element.style.bottom = depth * ROW + "px";
+  }
+
+  function frameElement(node, leftPct, widthPct, widthPx, extraClass) {
+    var el = document.createElement("div");
+    el.className = extraClass ? "frame " + extraClass : "frame";
+    el.style.left = leftPct + "%";
+    el.style.width = widthPct + "%";
+    el.style.background = matches && matches.has(node) ? data.matchColor : node.color;
+    placeRow(el, node.depth);
+    el.dataset.name = node.name;
+    el.dataset.kind = node.kind;
+    el.dataset.value = String(node.value);
+    el.dataset.depth = String(node.depth);
+    if (widthPx >= LABEL_MIN_PX) el.textContent = node.name;
+    elementNode.set(el, node);
+    return el;
+  }
+
+  function render() {
+    if (!root || root.value <= 0) {
+      var empty = document.createElement("div");
+      empty.className = "empty";
+      empty.textContent = "No samples in this profile.";
+      chart.replaceChildren(empty);
+      chart.style.height = "";
+      chart.dataset.rendered = "0";
+      return;
+    }
+    var width = chart.clientWidth || 1;
+    var fragment = document.createDocumentFragment();
+    var drawn = 0;
+    // Callers of the zoomed frame stay visible, full width, as a way back.
+    for (var a = zoomed.parent; a; a = a.parent) {
+      fragment.appendChild(frameElement(a, 0, 100, width, "ancestor"));
+      drawn++;
+    }
+    var scale = 100 / zoomed.value;
+    var stack = [zoomed];
+    while (stack.length) {
+      var node = stack.pop();
+      var widthPct = node.value * scale;
+      var widthPx = widthPct * width / 100;
+      if (widthPx < MIN_PX) continue; // children are narrower still
+      var leftPct = (node.x - zoomed.x) * scale;
+      fragment.appendChild(frameElement(node, leftPct, widthPct, widthPx,
+        node === zoomed && zoomed !== root ? "zoomed" : ""));
+      drawn++;
+      for (var i = node.children.length - 1; i >= 0; i--) stack.push(node.children[i]);
+    }
+    chart.style.height = (maxDepth + 1) * ROW + "px";
+    chart.replaceChildren(fragment);
+    chart.dataset.rendered = String(drawn);
+    chart.dataset.zoomed = zoomed.name;
+    resetButton.disabled = zoomed === root;
+  }
+
+  function zoom(node) {
+    zoomed = node;
+    render();
+  }
+
+  // --- details ---------------------------------------------------------------
+
+  function span(className, text) {
+    var el = document.createElement("span");
+    el.className = className;
+    el.textContent = text;
+    return el;
+  }
+
+  function showDetails(node) {
+    var parts = [span("name", node.name), span("sep", " — "),
+      span("value", valueText(node.value)), span("sep", " · "),
+      span("percent", percent(node.value, root.value) + " of total")];
+    if (zoomed !== root && node.depth >= zoomed.depth) { // not for the callers above
+      parts.push(span("sep", " · "), span("percent-zoomed",
+        percent(node.value, zoomed.value) + " of zoomed frame"));
+    }
+    var where = node.kind + (node.module ? " · " + node.module : "");
+    parts.push(span("sep", " · "), span("kind", where));
+    details.replaceChildren.apply(details, parts);
+    details.dataset.name = node.name;
+  }
+
+  function clearDetails() {
+    details.textContent = "\u00a0";
+    delete details.dataset.name;
+  }
+
+  function nodeAt(event) {
+    var el = event.target.closest && event.target.closest(".frame");
+    return el ? elementNode.get(el) : null;
+  }
+
+  chart.addEventListener("mouseover", function (event) {
+    var node = nodeAt(event);
+    if (node) showDetails(node);
+  });
+  chart.addEventListener("mouseleave", clearDetails);
+  chart.addEventListener("click", function (event) {
+    var node = nodeAt(event);
+    if (!node) return;
+    zoom(node);
+    showDetails(node);
+  });
+  resetButton.addEventListener("click", function () { zoom(root); });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && document.activeElement !== searchInput) zoom(root);
+  });
+
+  // --- search ------------------------------------------------------------------
+
+  function search(term) {
+    if (!term) {
+      matches = null;
+      searchResult.textContent = "";
+    } else {
+      var needle = term.toLowerCase();
+      matches = new Set();
+      nodes.forEach(function (n) {
+        if (n.name.toLowerCase().indexOf(needle) >= 0) matches.add(n);
+      });
+      // A match inside another match is already counted by its ancestor.
+      var matched = 0;
+      matches.forEach(function (n) {
+        for (var a = n.parent; a; a = a.parent) if (matches.has(a)) return;
+        matched += n.value;
+      });
+      searchResult.textContent = "Matched: " + percent(matched, root.value);
+    }
+    render();
+  }
+
+  var searchTimer = 0;
+  searchInput.addEventListener("input", function () {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(function () { search(searchInput.value); }, 150);
+  });
+  searchInput.addEventListener("keydown", function (event) {
+    if (event.key === "Escape") { searchInput.value = ""; search(""); }
+  });
+
+  var resizeTimer = 0;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(render, 100);
+  });
+
+  render();
+})();

@@ -1,0 +1,108 @@
+"""A self-contained HTML flame graph: one file, inline CSS/JS, no network.
+
+The merged call tree is embedded as compact JSON and laid out by the script in
+``assets/flamegraph.js``. Frames narrower than ``min_fraction`` of the total
+are left out (see :func:`rover.export.tree.prune`), so the file size depends on
+the shape of the profile, not on the number of samples.
+
+Hooks that tests and people can rely on: ``#title``, ``#summary``, ``#legend``,
+``#reset-zoom``, ``#search``, ``#search-result``, ``#details`` (hover text),
+``#flamegraph`` (``data-rendered``: frames drawn, ``data-zoomed``: name of the
+zoomed frame) holding one ``div.frame`` per drawn frame with ``data-name``,
+``data-kind``, ``data-value`` and ``data-depth``; the data is in
+``script#profile-data``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from importlib import resources
+
+from rover.export.palette import LEGEND, MATCH_COLOR, frame_color, legend_color
+from rover.export.summary import SummaryItem, default_title, summary_items
+from rover.export.tree import DEFAULT_MIN_FRACTION, FlameNode, FlameTree, build_tree
+from rover.export.values import ValueView
+from rover.profile import Profile
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def flamegraph_data(tree: FlameTree, view: ValueView) -> dict:
+    """The JSON document the page script reads (see assets/flamegraph.js).
+
+    ``nodes`` is the tree in pre-order (children alphabetical) as a flat list of
+    ``frame index, value, depth`` triples: compact, and nothing on either side
+    recurses, however deep the stacks. ``frames`` holds each distinct
+    ``[name, category, module, colour]`` once.
+    """
+    frames: list[list[str]] = []
+    frame_index: dict[tuple[str, str, str], int] = {}
+    nodes: list[int] = []
+    pending: list[tuple[FlameNode, int]] = [(tree.root, 0)]
+    while pending:
+        node, depth = pending.pop()
+        key = (node.name, node.category, node.module)
+        index = frame_index.get(key)
+        if index is None:
+            index = frame_index[key] = len(frames)
+            frames.append([*key, frame_color(node.category, node.name)])
+        nodes += (index, node.value, depth)
+        pending.extend((child, depth + 1) for child in reversed(node.sorted_children()))
+    return {
+        "frames": frames,
+        "nodes": nodes,
+        "unit": view.unit,
+        "nsPerUnit": view.ns_per_unit,
+        "matchColor": MATCH_COLOR,
+    }
+
+
+def script_json(document: object) -> str:
+    """JSON safe inside ``<script>``: no ``</script>`` or ``<!--`` can appear."""
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(
+    profile: Profile,
+    view: ValueView,
+    title: str | None = None,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+) -> str:
+    tree = build_tree(profile, view, min_fraction)
+    fields = {
+        "title": html.escape(title or default_title(profile)),
+        "summary": _summary_html(summary_items(profile, view, tree)),
+        "legend": _legend_html(),
+        "css": _asset("flamegraph.css", forbidden="</style"),
+        "js": _asset("flamegraph.js", forbidden="</script"),
+        "data": script_json(flamegraph_data(tree, view)),
+    }
+    # One pass, so text substituted in is never scanned for placeholders again.
+    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], _asset("flamegraph.html"))
+
+
+def _summary_html(items: list[SummaryItem]) -> str:
+    return "".join(
+        f'<span class="item"><span class="label">{html.escape(item.label)}</span> '
+        f"{html.escape(item.text)}</span>"
+        for item in items
+    )
+
+
+def _legend_html() -> str:
+    return "".join(
+        f'<span class="key" data-kind="{category}">'
+        f'<span class="swatch" style="background:{legend_color(category)}"></span>'
+        f"{html.escape(label)}</span>"
+        for category, label in LEGEND
+    )
+
+
+def _asset(name: str, forbidden: str | None = None) -> str:
+    text = resources.files("rover.export").joinpath("assets", name).read_text(encoding="utf-8")
+    if forbidden and forbidden in text.lower():
+        raise RuntimeError(f"asset {name} contains {forbidden!r} and would end its element early")
+    return text

@@ -1,0 +1,84 @@
+"""The one way to read another process's files and the host's files.
+
+The agent may run in a container with the host's ``/`` mounted somewhere (for
+example ``/host``); every path to ``/proc`` or to host files goes through
+:class:`HostFS` so that mapping is honoured in one place. Files that belong to
+a target process (its executable, its libraries) are opened through
+``/proc/PID/root`` so processes in other mount namespaces resolve.
+
+A process that exits while we read it is a normal event: it surfaces as
+:class:`ProcessGone`, never as a bare ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+class ProcessGone(Exception):
+    """The process no longer exists (or never did)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"process {pid} does not exist (it may have exited)")
+        self.pid = pid
+
+
+_GONE_ERRNOS = {errno.ENOENT, errno.ESRCH}
+
+
+class HostFS:
+    """Paths on the host, given where the host's root is mounted."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+        self.root = Path(root)
+
+    def host_path(self, path: str | os.PathLike[str]) -> Path:
+        """A host absolute path (``/lib/modules``) as seen from here."""
+        return self.root / str(path).lstrip("/")
+
+    def proc_path(self, pid: int, *parts: str) -> Path:
+        """``/proc/PID/<parts>`` of the host's procfs."""
+        return self.host_path("/proc").joinpath(str(pid), *parts)
+
+    def target_path(self, pid: int, path: str) -> Path:
+        """A path inside the target process's own root (its mount namespace)."""
+        return self.proc_path(pid, "root", path.lstrip("/"))
+
+    def exists(self, pid: int) -> bool:
+        return self.proc_path(pid).is_dir()
+
+    def is_running(self, pid: int) -> bool:
+        """Alive and not a zombie (an exited process its parent has not reaped yet)."""
+        try:
+            stat = self.read_text(pid, "stat")
+        except (ProcessGone, OSError):
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[:1]
+        return state not in (["Z"], ["X"])
+
+    def read_text(self, pid: int, *parts: str) -> str:
+        """Read ``/proc/PID/<parts>``; raise :class:`ProcessGone` if it vanished."""
+        try:
+            return self.proc_path(pid, *parts).read_text(errors="replace")
+        except OSError as exc:
+            if exc.errno in _GONE_ERRNOS:
+                raise ProcessGone(pid) from exc
+            raise
+
+    def read_bytes(self, pid: int, *parts: str) -> bytes:
+        try:
+            return self.proc_path(pid, *parts).read_bytes()
+        except OSError as exc:
+            if exc.errno in _GONE_ERRNOS:
+                raise ProcessGone(pid) from exc
+            raise
+
+    def comm(self, pid: int) -> str:
+        """The process's short name (``/proc/PID/comm``)."""
+        return self.read_text(pid, "comm").strip()
+
+    def cmdline(self, pid: int) -> list[str]:
+        raw = self.read_bytes(pid, "cmdline")
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]

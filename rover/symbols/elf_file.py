@@ -1,0 +1,175 @@
+"""An ELF file's headers: what a symbolizer needs before (and besides) its symbols.
+
+pyelftools parses the ELF, section and program headers. Its section and
+segment *objects* are avoided on purpose: building them for ``.hash``,
+``.gnu.hash`` or ``PT_DYNAMIC`` parses those tables eagerly (80 ms for
+libLLVM), so only the raw headers are read.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from elftools.elf.elffile import ELFFile
+
+_PF_X = 0x1
+_NT_GNU_BUILD_ID = 3
+_MAX_NOTE_BYTES = 1 << 16  # build-id notes are tiny; a bigger note section is not worth reading
+
+
+class ElfLoadError(Exception):
+    """The file is not a usable ELF file (not ELF, truncated, corrupt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSegment:
+    """A ``PT_LOAD`` program header."""
+
+    offset: int
+    vaddr: int
+    filesz: int
+    executable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SectionHeader:
+    """The parts of a section header the symbol loader uses."""
+
+    index: int
+    type: str  # e.g. "SHT_SYMTAB"
+    addr: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
+
+
+class ElfImage:
+    """An opened ELF file: class, byte order, segments, sections and build id.
+
+    Raises :class:`ElfLoadError` for anything that is not a readable ELF file.
+    The stream must stay open while the image is used.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        try:
+            self.file_size = stream.seek(0, os.SEEK_END)
+            elf = ELFFile(stream)
+            self.elf_class: int = elf.elfclass
+            self.little_endian: bool = elf.little_endian
+            self.is_exec = elf["e_type"] == "ET_EXEC"
+            self.segments = tuple(_load_segments(elf))
+            self.sections = tuple(_section_headers(elf))
+            self.build_id = self._find_build_id()
+        except ElfLoadError:
+            raise
+        except Exception as exc:  # pyelftools raises many types on corrupt input
+            raise ElfLoadError(f"not a readable ELF file: {exc!r}") from exc
+
+    @property
+    def has_symtab(self) -> bool:
+        """Whether the file has a full symbol table (not stripped to ``.dynsym``)."""
+        return any(s.type == "SHT_SYMTAB" for s in self.sections)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; raises :class:`ElfLoadError` past the end of file."""
+        if offset < 0 or size < 0 or offset + size > self.file_size:
+            raise ElfLoadError(f"range {offset:#x}+{size:#x} lies outside the file")
+        self._stream.seek(offset)
+        data = self._stream.read(size)
+        if len(data) != size:
+            raise ElfLoadError(f"short read at {offset:#x}")
+        return data
+
+    def load_bias(self, map_start: int, map_offset: int, map_size: int) -> int:
+        """What to subtract from a runtime address in a mapping to get a symbol's st_value.
+
+        The mapping's file range is matched to the PT_LOAD segment it maps
+        (executable segments first), not assumed to be the first mapping.
+        """
+        if self.is_exec:
+            return 0
+        segment = self._segment_for(map_offset, map_size)
+        if segment is None:  # no program headers match: assume vaddr == file offset
+            return map_start - map_offset
+        return map_start - map_offset + segment.offset - segment.vaddr
+
+    def _segment_for(self, map_offset: int, map_size: int) -> LoadSegment | None:
+        overlapping = [
+            s
+            for s in self.segments
+            if s.offset < map_offset + map_size and map_offset < s.offset + max(s.filesz, 1)
+        ]
+        for segment in overlapping:
+            if segment.executable:
+                return segment
+        return overlapping[0] if overlapping else None
+
+    def _find_build_id(self) -> str | None:
+        for header in self.sections:
+            if header.type == "SHT_NOTE" and 0 < header.size <= _MAX_NOTE_BYTES:
+                found = _build_id_in_notes(self.read(header.offset, header.size), self)
+                if found:
+                    return found
+        return None
+
+
+def _load_segments(elf: ELFFile) -> list[LoadSegment]:
+    segments = []
+    for i in range(elf.num_segments()):
+        header: Any = elf._get_segment_header(i)  # raw header: see the module docstring
+        if header["p_type"] == "PT_LOAD":
+            segments.append(
+                LoadSegment(
+                    header["p_offset"],
+                    header["p_vaddr"],
+                    header["p_filesz"],
+                    bool(header["p_flags"] & _PF_X),
+                )
+            )
+    return segments
+
+
+def _section_headers(elf: ELFFile) -> list[SectionHeader]:
+    headers = []
+    for i in range(elf.num_sections()):
+        h: Any = elf._get_section_header(i)  # raw header: see the module docstring
+        headers.append(
+            SectionHeader(
+                i,
+                str(h["sh_type"]),
+                h["sh_addr"],
+                h["sh_offset"],
+                h["sh_size"],
+                h["sh_link"],
+                h["sh_entsize"],
+            )
+        )
+    return headers
+
+
+def _build_id_in_notes(data: bytes, image: ElfImage) -> str | None:
+    # Parsed by hand from the bounded bytes: pyelftools' iter_notes trusts the
+    # note sizes and reads from the file, which a corrupt note turns into a huge read.
+    order = "<" if image.little_endian else ">"
+    pos = 0
+    while pos + 12 <= len(data):
+        namesz, descsz, note_type = struct.unpack_from(order + "III", data, pos)
+        name_start = pos + 12
+        desc_start = name_start + _align4(namesz)
+        desc_end = desc_start + descsz
+        if desc_end > len(data):
+            return None
+        name = data[name_start : name_start + namesz].rstrip(b"\0")
+        if note_type == _NT_GNU_BUILD_ID and name == b"GNU" and descsz:
+            return data[desc_start:desc_end].hex()
+        pos = desc_start + _align4(descsz)
+    return None
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3

@@ -1,0 +1,223 @@
+"""Turning stack addresses into frames: user space from ELF files, kernel from kallsyms.
+
+Bad input (a corrupt or missing file, a vanished process) never raises out of
+:meth:`Symbolizer.user_frames` or :meth:`Symbolizer.kernel_frames`: it is
+logged once, counted in :attr:`Symbolizer.counters`, and the frames fall back
+to ``module+0xoffset``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from rover.hostfs import HostFS, ProcessGone
+from rover.profile import Frame, FrameKind
+from rover.symbols.address_space import AddressSpace, MappedModule, unknown_frame
+from rover.symbols.cache import ElfSymbols, ElfSymbolsCache, KnownBadFile, file_identity
+from rover.symbols.elf_file import ElfLoadError
+from rover.symbols.kallsyms import CORE_MODULE, KernelSymbols
+from rover.symbols.mapped_files import locate_mapped_file, read_vdso
+from rover.symbols.maps import Mapping, MappingKind, parse_maps
+
+log = logging.getLogger(__name__)
+
+COUNTER_NAMES = (
+    "unsymbolized_frames",  # frames shown as module+0xoffset (user and kernel)
+    "elf_load_errors",  # files whose symbols could not be loaded (each file once)
+    "file_open_errors",  # ...of which the file could not be found or opened
+    "maps_read_errors",  # /proc/PID/maps reads that failed for a living process
+    "maps_rereads",  # maps re-read because an address was in no known mapping
+    "elf_files_loaded",  # ELF files parsed (not served from the cache)
+    "kallsyms_errors",  # /proc/kallsyms could not be read
+    "kallsyms_restricted",  # 1 when kptr_restrict hides kernel addresses
+)
+_MAX_KERNEL_FRAMES = 1 << 16
+
+
+class Symbolizer:
+    """Symbolizes user stacks per process and kernel stacks, sharing file tables."""
+
+    def __init__(self, hostfs: HostFS | None = None, kallsyms_path: str | None = None) -> None:
+        self._hostfs = hostfs or HostFS()
+        self._kallsyms_path = kallsyms_path or str(self._hostfs.host_path("/proc/kallsyms"))
+        self._kernel: KernelSymbols | None = None
+        self._kernel_frames: dict[int, Frame] = {}
+        self._files = ElfSymbolsCache()
+        self._spaces: dict[int, AddressSpace] = {}
+        self._reported: set[tuple[str, int, str]] = set()
+        # One lock for everything: callers (drain loop, process discovery) may be threads.
+        self._lock = threading.RLock()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+
+    # -- user space ---------------------------------------------------------
+
+    def prepare(self, pid: int) -> None:
+        """Read ``pid``'s maps and load the symbols of its executable files now.
+
+        Raises :class:`ProcessGone` when the process does not exist.
+        """
+        with self._lock:
+            self._read_maps(pid)
+
+    def user_frames(self, pid: int, addrs: Sequence[int]) -> list[Frame]:
+        """Frames for a user stack, leaf first as given; zero addresses are skipped."""
+        with self._lock:
+            space = self._spaces.get(pid)
+            if space is None:
+                space = self._try_read_maps(pid)
+            reread = False
+            frames = []
+            for position, raw in enumerate(addrs):
+                address = int(raw)
+                if not address:
+                    continue
+                leaf = position == 0
+                frame = space.frame(address, leaf) if space is not None else None
+                if frame is None and not reread and _worth_rereading(space, address):
+                    # Maybe a library loaded since (dlopen): look once per stack.
+                    reread = True
+                    self.counters["maps_rereads"] += 1
+                    space = self._try_read_maps(pid) or space
+                    frame = space.frame(address, leaf)
+                if frame is None:
+                    if space is not None:
+                        space.mark_unmapped(address)
+                    frame = unknown_frame(address)
+                if not frame.symbolized:
+                    self.counters["unsymbolized_frames"] += 1
+                frames.append(frame)
+            return frames
+
+    def forget(self, pid: int) -> None:
+        """Drop what is kept for ``pid`` (its maps); shared file tables stay."""
+        with self._lock:
+            self._spaces.pop(pid, None)
+
+    def _try_read_maps(self, pid: int) -> AddressSpace | None:
+        try:
+            return self._read_maps(pid)
+        except ProcessGone:
+            space = self._spaces.get(pid)
+            if space is not None:
+                space.alive = False
+            return space
+
+    def _read_maps(self, pid: int) -> AddressSpace | None:
+        old = self._spaces.get(pid)
+        try:
+            text = self._hostfs.read_text(pid, "maps")  # ProcessGone propagates
+        except OSError as exc:
+            self.counters["maps_read_errors"] += 1
+            log.warning("cannot read /proc/%d/maps (%s); its frames stay unsymbolized", pid, exc)
+            return old
+        if old is not None and old.maps_text == text:
+            old.alive = True
+            return old
+        mappings = parse_maps(text)
+        if old is not None and old.same_mappings(mappings):
+            # Only data mappings moved (heap growth...): keep the space and its memos.
+            old.maps_text, old.alive = text, True
+            return old
+        known = old.module_map() if old is not None else {}
+        modules = [known.get(m) or self._load_module(pid, m) for m in mappings]
+        space = self._spaces[pid] = AddressSpace(text, modules)
+        return space
+
+    def _load_module(self, pid: int, mapping: Mapping) -> MappedModule:
+        symbols = None
+        try:
+            symbols = self._load_symbols(pid, mapping)
+        except KnownBadFile:
+            pass  # reported when it first failed
+        except OSError as exc:
+            self._report(mapping, exc, "file_open_errors")
+        except Exception as exc:  # ElfLoadError, or any surprise from untrusted input
+            self._report(mapping, exc)
+        if symbols is None:
+            return MappedModule(mapping, None, 0)
+        bias = symbols.image.load_bias(mapping.start, mapping.offset, mapping.end - mapping.start)
+        return MappedModule(mapping, symbols, bias)
+
+    def _load_symbols(self, pid: int, mapping: Mapping) -> ElfSymbols | None:
+        if mapping.kind is MappingKind.VDSO:
+            # Keyed by build id alone: every process of one kernel shares its vDSO.
+            return self._loaded(self._files.load(read_vdso(self._hostfs, pid, mapping), None))
+        if mapping.kind is not MappingKind.FILE:
+            return None  # anonymous (JIT) or [vsyscall]: nothing to read
+        path, st = locate_mapped_file(self._hostfs, pid, mapping)
+        identity = file_identity(st)
+        cached = self._files.cached(identity)
+        if cached is not None:
+            return cached
+        with open(path, "rb") as stream:
+            return self._loaded(self._files.load(stream, identity))
+
+    def _loaded(self, symbols: ElfSymbols) -> ElfSymbols:
+        self.counters["elf_files_loaded"] = self._files.loads
+        return symbols
+
+    def _report(self, mapping: Mapping, exc: Exception, counter: str | None = None) -> None:
+        key = (mapping.dev, mapping.inode, mapping.path)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self.counters["elf_load_errors"] += 1
+        if counter:
+            self.counters[counter] += 1
+        reason = str(exc) if isinstance(exc, ElfLoadError | OSError) else repr(exc)
+        log.warning("no symbols for %s: %s; its frames show as module+offset", mapping.path, reason)
+
+    # -- kernel -------------------------------------------------------------
+
+    def kernel_frames(self, addrs: Sequence[int]) -> list[Frame]:
+        """Frames for a kernel stack, in the order given; zero addresses are skipped."""
+        with self._lock:
+            frames = []
+            for raw in addrs:
+                address = int(raw)
+                if not address:
+                    continue
+                frame = self._kernel_frames.get(address)
+                if frame is None:
+                    frame = self._kernel_frame(address)
+                if not frame.symbolized:
+                    self.counters["unsymbolized_frames"] += 1
+                frames.append(frame)
+            return frames
+
+    def _kernel_frame(self, address: int) -> Frame:
+        symbol = self._kernel_symbols().lookup(address)
+        if symbol is None:
+            frame = Frame(f"{CORE_MODULE}+0x{address:x}", FrameKind.KERNEL, CORE_MODULE, False)
+        else:
+            frame = Frame(symbol.name, FrameKind.KERNEL, symbol.module)
+        if len(self._kernel_frames) >= _MAX_KERNEL_FRAMES:
+            self._kernel_frames.clear()
+        self._kernel_frames[address] = frame
+        return frame
+
+    def _kernel_symbols(self) -> KernelSymbols:
+        if self._kernel is None:
+            try:
+                with open(self._kallsyms_path, errors="replace") as f:
+                    self._kernel = KernelSymbols.parse(f.read())
+            except OSError as exc:
+                self.counters["kallsyms_errors"] += 1
+                log.warning(
+                    "cannot read %s (%s): kernel frames stay unsymbolized", self._kallsyms_path, exc
+                )
+                self._kernel = KernelSymbols([], [])
+            if self._kernel.restricted:
+                self.counters["kallsyms_restricted"] = 1
+                log.warning(
+                    "%s shows no addresses (kernel.kptr_restrict): kernel frames stay unsymbolized;"
+                    " run as root or set sysctl kernel.kptr_restrict=0",
+                    self._kallsyms_path,
+                )
+        return self._kernel
+
+
+def _worth_rereading(space: AddressSpace | None, address: int) -> bool:
+    return space is not None and space.alive and not space.is_known_unmapped(address)

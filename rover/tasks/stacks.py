@@ -1,0 +1,42 @@
+"""Turn raw drained stacks (addresses) into profile samples (names)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from rover.bpf.engine import RawStack
+from rover.profile import Frame, Profile, ProfileType
+from rover.symbols import Symbolizer
+
+log = logging.getLogger(__name__)
+
+
+def add_raw_stacks(
+    profile: Profile,
+    raw: Iterable[RawStack],
+    symbolizer: Symbolizer,
+    pids: frozenset[int] | set[int],
+) -> None:
+    """Symbolize the stacks of ``pids`` and add them to ``profile``.
+
+    Root first: the user stack (outermost caller first), then the kernel
+    stack on top of it, as flame graphs draw a syscall above its caller.
+    """
+    period = profile.period_ns
+    for stack in raw:
+        if stack.tgid not in pids:
+            continue
+        user = symbolizer.user_frames(stack.tgid, stack.user) if stack.user else []
+        kernel = symbolizer.kernel_frames(stack.kernel) if stack.kernel else []
+        frames: tuple[Frame, ...] = (*reversed(user), *reversed(kernel))
+        if not frames:
+            profile.count("stacks_empty")
+            continue
+        if profile.type is ProfileType.ON_CPU:
+            samples = stack.values[0]
+            values = [samples, samples * period]
+        else:
+            values = list(stack.values)
+        profile.add(stack.tgid, frames, values)
+        profile.count("unsymbolized_frames", sum(1 for f in frames if not f.symbolized))

@@ -1,0 +1,47 @@
+"""Bad input to the command line: exit 2 with a one-line reason, never a traceback."""
+
+import pytest
+from rover_cli import rover
+
+
+def assert_clean_error(result, code, *needles):
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--pid", "abc"], "--pid"),
+        (["--pid", "1,-5"], "--pid"),
+        (["--pid", "1", "--duration", "banana"], "invalid duration"),
+        (["--pid", "1", "--duration", "0s"], "greater than zero"),
+        (["--pid", "1", "--duration", "-3s"], "--duration"),
+        (["--pid", "1", "--frequency", "0"], "--frequency"),
+        (["--pid", "1", "--period", "0ms"], "--period"),
+        (["--pid", "1", "--output", "profile.pdf"], "use one of"),
+        (["--pid", "1", "--output", "/nonexistent-dir/p.html"], "does not exist"),
+        (["--pid", "1", "--value", "bogus"], "--value"),
+        (["--pid", "999999999"], "no such process"),
+    ],
+)
+def test_bad_profile_arguments_exit_2_with_one_line(args, needle, tmp_path):
+    if "--output" not in args:
+        args = [*args, "--output", str(tmp_path / "out.folded")]
+    result = rover("profile", *args)
+    assert_clean_error(result, 2, needle)
+
+
+def test_unknown_type_and_missing_pid_are_usage_errors():
+    assert rover("profile", "--pid", "1", "--type", "gpu").returncode == 2
+    assert rover("profile").returncode == 2
+    assert rover("no-such-command").returncode == 2
+
+
+def test_output_that_is_a_directory_is_refused(tmp_path):
+    target = tmp_path / "graph.html"
+    target.mkdir()
+    assert_clean_error(rover("profile", "--pid", "1", "--output", str(target)), 2, "is a directory")

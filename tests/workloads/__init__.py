@@ -1,0 +1,1 @@
+"""Test workload sources and their builder (see build.py)."""
