@@ -18,6 +18,7 @@ if TESTS_DIR not in sys.path:  # make `processes` and `workloads` importable in 
     sys.path.insert(0, TESTS_DIR)
 
 import processes  # noqa: E402
+from browser import browser  # noqa: E402, F401 - the headless Chromium fixture
 from workloads import build as workload_build  # noqa: E402
 
 

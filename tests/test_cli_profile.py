@@ -163,3 +163,28 @@ def test_check_reports_everything_and_succeeds_here():
         assert name in result.stdout
     assert "[  ok] on-cpu profiling" in result.stdout
     assert "[  ok] off-cpu profiling" in result.stdout
+
+
+@pytest.mark.browser
+def test_real_flame_graph_in_chromium(workloads, spawn, tmp_path, browser):
+    """A real profile's HTML: the hot frame is drawn wide and hovering shows its share."""
+    from browser import chart_width, find_frame, hover, open_page, page_errors, screenshot
+    from selenium.webdriver.common.by import By
+
+    process = spawn([workloads.build("hot_cpp")])
+    out = tmp_path / "real.html"
+    assert (
+        rover("profile", "--pid", str(process.pid), "--duration", "3s", "-o", str(out)).returncode
+        == 0
+    )
+    open_page(browser, out)
+    assert page_errors(browser) == []
+    hot = find_frame(browser, "ns::Worker::spin()")
+    assert hot is not None
+    assert hot.rect["width"] > 0.5 * chart_width(browser)
+    hover(browser, hot)
+    details = browser.find_element(By.ID, "details").text
+    assert "ns::Worker::spin()" in details
+    share = float(details.split("%")[0].split()[-1])
+    assert 50 < share <= 100, details
+    screenshot(browser, "real_profile_hover.png")
