@@ -1,0 +1,65 @@
+"""Periodic loops: one thread each, a period, a stop event, errors logged not fatal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class PeriodicLoop:
+    """Calls ``action`` now and then every ``period`` seconds until stopped.
+
+    An exception in ``action`` is logged (once per distinct message in a
+    row, so a backend that stays down does not flood the log) and the loop
+    goes on.
+    """
+
+    def __init__(self, name: str, period: float, action: Callable[[], None]) -> None:
+        if period <= 0:
+            raise ValueError(f"{name}: period must be positive, got {period}")
+        self.name = name
+        self.period = period
+        self.action = action
+        self.runs = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error = ""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_run = time.monotonic()
+        while not self._stop.is_set():
+            self.run_once()
+            next_run += self.period
+            delay = next_run - time.monotonic()
+            if delay < 0:  # fell behind (a slow call): do not burst to catch up
+                next_run = time.monotonic()
+                delay = 0
+            self._stop.wait(delay)
+
+    def run_once(self) -> None:
+        try:
+            self.action()
+            self.runs += 1
+            if self._last_error:
+                log.info("%s: working again", self.name)
+                self._last_error = ""
+        except Exception as exc:  # noqa: BLE001 - a loop must survive any failure
+            self.failures += 1
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:
+                log.warning("%s failed: %s", self.name, message, exc_info=log.isEnabledFor(10))
+                self._last_error = message
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)

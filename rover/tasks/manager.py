@@ -1,0 +1,258 @@
+"""Runs the backend's profiling tasks: schedule, profile, drain, upload.
+
+Threads: the poller calls :meth:`TaskManager.apply`, a scheduler loop calls
+:meth:`tick` (start due tasks, stop finished ones) and the flush loop calls
+:meth:`flush`. One lock serializes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rover.bpf.engine import RawStack
+from rover.bpf.headers import KernelHeadersNotFound
+from rover.bpf.loader import BPFLoadError
+from rover.hostfs import HostFS, ProcessGone
+from rover.process.model import DiscoveredProcess
+from rover.profile import ProcessInfo, Profile, ProfileType
+from rover.symbols import Symbolizer
+from rover.tasks.engines import EngineSet
+from rover.tasks.model import ProfilingTask
+from rover.tasks.stacks import add_raw_stacks
+
+log = logging.getLogger(__name__)
+
+_PROFILE_TYPE = {"ON_CPU": ProfileType.ON_CPU, "OFF_CPU": ProfileType.OFF_CPU}
+
+
+class Uploader(Protocol):
+    def add(
+        self, task_id: str, process_id: str, profiling_start_ms: int, profile: Profile
+    ) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class TaskRun:
+    task: ProfilingTask
+    pids: dict[str, int]  # backend process id -> host pid
+    state: str = "waiting"  # waiting -> running -> stopping -> done
+    started_ms: int = 0
+    names: dict[int, ProcessInfo] = field(default_factory=dict)
+
+    @property
+    def profile_type(self) -> ProfileType:
+        return _PROFILE_TYPE[self.task.target_type]
+
+    @property
+    def stop_at_ms(self) -> int:
+        # The duration counts from the actual start, not the requested one (spec 4.5).
+        return self.started_ms + self.task.duration_s * 1000
+
+
+class TaskManager:
+    def __init__(
+        self,
+        engines: EngineSet,
+        symbolizer: Symbolizer,
+        uploader: Uploader,
+        resolve: Callable[[str], DiscoveredProcess | None],
+        hostfs: HostFS | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engines = engines
+        self.symbolizer = symbolizer
+        self.uploader = uploader
+        self.resolve = resolve
+        self.hostfs = hostfs or HostFS()
+        self.clock = clock
+        self._runs: dict[tuple, TaskRun] = {}
+        self._finished: set[tuple] = set()  # (task_id, identity, start) already run
+        self._unsupported_logged: set[str] = set()
+        self._lock = threading.RLock()
+        self.counters: dict[str, int] = defaultdict(int)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- tasks arriving ------------------------------------------------------
+    def apply(self, task: ProfilingTask) -> bool:
+        """Take a parsed task; False when a process id is unknown here (spec 4.4)."""
+        pids: dict[str, int] = {}
+        for process_id in task.process_ids:
+            process = self.resolve(process_id)
+            if process is None:
+                log.warning(
+                    "task %s: process id %s is not known here; skipped", task.task_id, process_id
+                )
+                self.counters["tasks_unresolved"] += 1
+                return False
+            pids[process_id] = process.pid
+        with self._lock:
+            self._accept(task, pids)
+        return True
+
+    def _accept(self, task: ProfilingTask, pids: dict[str, int]) -> None:
+        if not task.supported:
+            if task.task_id not in self._unsupported_logged:
+                self._unsupported_logged.add(task.task_id)
+                log.warning(
+                    "task %s: target type %s is not supported by this agent; skipped",
+                    task.task_id,
+                    task.target_type,
+                )
+                self.counters["tasks_unsupported"] += 1
+            return
+        done_key = (task.task_id, task.identity, task.start_time_ms)
+        if done_key in self._finished:
+            return
+        existing = self._runs.get(task.identity)
+        if existing is not None and existing.task.same_task(task):
+            if existing.task.duration_s != task.duration_s:
+                log.info("task %s: duration now %ds", task.task_id, task.duration_s)
+            existing.task = task  # e.g. a new duration; the stop time follows it
+            return
+        if existing is None and self._now_ms() > task.end_time_ms:
+            log.debug("task %s expired at %d; skipped", task.task_id, task.end_time_ms)
+            return
+        if existing is not None:
+            log.info("task %s replaces task %s", task.task_id, existing.task.task_id)
+            self._stop(existing)
+        self._runs[task.identity] = TaskRun(task, pids)
+        log.info(
+            "task %s (%s) accepted for %s, %ds",
+            task.task_id,
+            task.target_type,
+            ", ".join(f"pid {p}" for p in sorted(set(pids.values()))),
+            task.duration_s,
+        )
+
+    # -- scheduling ----------------------------------------------------------
+    def tick(self) -> None:
+        """Start tasks whose start time has come; stop those whose duration is over."""
+        now = self._now_ms()
+        with self._lock:
+            for run in list(self._runs.values()):
+                if run.state == "waiting" and now >= run.task.start_time_ms:
+                    self._start(run, now)
+                elif run.state == "running" and now >= run.stop_at_ms:
+                    log.info("task %s: duration over", run.task.task_id)
+                    self._stop(run)
+
+    def _start(self, run: TaskRun, now: int) -> None:
+        for process_id, pid in list(run.pids.items()):
+            try:
+                self.symbolizer.prepare(pid)
+                run.names[pid] = ProcessInfo(pid, self.hostfs.comm(pid))
+            except ProcessGone:
+                log.warning("task %s: process %d is gone", run.task.task_id, pid)
+                del run.pids[process_id]
+        if not run.pids:
+            self._fail(run, "none of its processes is running")
+            return
+        try:
+            for pid in set(run.pids.values()):
+                self.engines.acquire(run.profile_type, pid)
+        except (BPFLoadError, KernelHeadersNotFound) as exc:
+            self._fail(run, str(exc).splitlines()[0])
+            return
+        run.state = "running"
+        run.started_ms = now
+        self.counters["tasks_started"] += 1
+        log.info("task %s: profiling started", run.task.task_id)
+
+    def _fail(self, run: TaskRun, reason: str) -> None:
+        log.error("task %s cannot run: %s", run.task.task_id, reason)
+        self.counters["tasks_failed"] += 1
+        run.state = "done"
+        self._forget(run)
+
+    def _stop(self, run: TaskRun) -> None:
+        """Leave the filter now; the next flush drains and uploads the rest."""
+        if run.state == "running":
+            for pid in set(run.pids.values()):
+                self.engines.release(run.profile_type, pid)
+            run.state = "stopping"
+        elif run.state == "waiting":
+            run.state = "done"
+            self._forget(run)
+
+    def _forget(self, run: TaskRun) -> None:
+        task = run.task
+        self._finished.add((task.task_id, task.identity, task.start_time_ms))
+        if self._runs.get(task.identity) is run:
+            del self._runs[task.identity]
+        in_use = {pid for r in self._runs.values() for pid in r.pids.values()}
+        for pid in set(run.pids.values()) - in_use:
+            self.symbolizer.forget(pid)
+
+    # -- draining and uploading ---------------------------------------------
+    def flush(self) -> None:
+        """Drain every engine once, hand each task its processes' stacks, upload."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if r.state in ("running", "stopping")]
+            by_type: dict[ProfileType, list[TaskRun]] = defaultdict(list)
+            for run in runs:
+                by_type[run.profile_type].append(run)
+            for profile_type, engine in self.engines.loaded().items():
+                drained = engine.drain()
+                for name, n in drained.counters.items():
+                    if n and name != "events":
+                        self.counters[name] += n
+                        log.warning("%s: %d %s in the last interval", profile_type.value, n, name)
+                stacks: dict[int, list[RawStack]] = defaultdict(list)
+                for stack in drained.stacks:
+                    stacks[stack.tgid].append(stack)
+                for run in by_type.get(profile_type, []):
+                    self._upload_run(run, stacks, engine.config.frequency)
+                if profile_type is ProfileType.OFF_CPU:
+                    engine.forget_exited_threads()
+            for run in runs:
+                self._after_flush(run)
+        self.uploader.flush()
+
+    def _upload_run(self, run: TaskRun, stacks: dict[int, list[RawStack]], frequency: int) -> None:
+        period = 1_000_000_000 // max(1, frequency) if run.profile_type is ProfileType.ON_CPU else 0
+        for process_id, pid in run.pids.items():
+            profile = Profile.new(
+                run.profile_type, period_ns=period, processes={pid: run.names[pid]}
+            )
+            add_raw_stacks(profile, stacks.get(pid, ()), self.symbolizer, {pid})
+            self.counters["unsymbolized_frames"] += profile.counters.get("unsymbolized_frames", 0)
+            if profile.samples:
+                self.uploader.add(run.task.task_id, process_id, run.started_ms, profile)
+
+    def _after_flush(self, run: TaskRun) -> None:
+        if run.state == "stopping":
+            run.state = "done"
+            self._forget(run)
+            log.info("task %s: finished", run.task.task_id)
+            return
+        alive = [pid for pid in set(run.pids.values()) if self.hostfs.is_running(pid)]
+        for pid in alive:
+            with contextlib.suppress(ProcessGone):  # it may exit right now
+                self.symbolizer.prepare(pid)  # pick up new libraries while it lives
+        if not alive:
+            log.info("task %s: every process exited; stopping early", run.task.task_id)
+            self._stop(run)
+
+    def stop_all(self) -> None:
+        """Stop every task and upload what was collected (shutdown)."""
+        with self._lock:
+            for run in list(self._runs.values()):
+                self._stop(run)
+        self.flush()
+        self.engines.close()
+
+    # -- inspection ----------------------------------------------------------
+    def runs(self) -> list[TaskRun]:
+        with self._lock:
+            return list(self._runs.values())

@@ -1,0 +1,55 @@
+"""Ask the backend for profiling tasks every check interval (spec 4.4)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from rover.tasks.manager import TaskManager
+from rover.tasks.model import TASK_COMMAND, TaskCommandError, parse_task_command
+
+log = logging.getLogger(__name__)
+
+
+class Command(Protocol):
+    name: str
+    args: Mapping[str, str]
+
+
+class TaskSource(Protocol):
+    def query_tasks(self, agent_id: str, latest_update_time: int) -> Sequence[Command]: ...
+
+
+class TaskPoller:
+    """Keeps ``latestUpdateTime`` and feeds parsed tasks to the manager.
+
+    The time advances to the newest update time among commands that parsed
+    and whose processes are all known here; a malformed command or one naming
+    unknown processes does not advance it, so it is asked for again.
+    """
+
+    def __init__(self, source: TaskSource, agent_id: str, manager: TaskManager) -> None:
+        self.source = source
+        self.agent_id = agent_id
+        self.manager = manager
+        self.latest_update_time = 0
+        self.malformed = 0
+        self.ignored = 0
+
+    def poll(self) -> None:
+        """One query; failures of the backend propagate to the caller's loop."""
+        commands = self.source.query_tasks(self.agent_id, self.latest_update_time)
+        for command in commands:
+            if command.name != TASK_COMMAND:
+                self.ignored += 1
+                log.debug("ignoring command %s", command.name)
+                continue
+            try:
+                task = parse_task_command(command.args)
+            except TaskCommandError as exc:
+                self.malformed += 1
+                log.warning("malformed profiling task command skipped: %s", exc)
+                continue
+            if self.manager.apply(task):
+                self.latest_update_time = max(self.latest_update_time, task.update_time_ms)

@@ -1,0 +1,257 @@
+"""Profiling tasks: command parsing, scheduling, shared engines, dispatch, upload."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from rover.bpf.engine import EngineConfig
+from rover.bpf.headers import HeaderSearch
+from rover.process.model import DiscoveredProcess, Entity, ProcessKind
+from rover.symbols import Symbolizer
+from rover.tasks.engines import EngineSet
+from rover.tasks.manager import TaskManager
+from rover.tasks.model import TASK_COMMAND, TaskCommandError, parse_task_command
+from rover.tasks.poller import TaskPoller
+
+
+def task_args(**overrides):
+    now = int(time.time() * 1000)
+    args = {
+        "SerialNumber": "5c8a0c7e-1111-2222-3333-444455556666",
+        "TaskId": "t1",
+        "ProcessId": "p1",
+        "TaskUpdateTime": str(now),
+        "TriggerType": "FIXED_TIME",
+        "TargetType": "ON_CPU",
+        "TaskStartTime": str(now),
+        "ExtensionConfigJSON": "null",
+        "FixedTriggerDuration": "60",
+    }
+    args.update({k: str(v) for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if v is None:
+            del args[k]
+    return args
+
+
+# -- parsing ---------------------------------------------------------------
+
+
+def test_parse_valid_command_ignores_serial_number_and_extra_keys():
+    task = parse_task_command({**task_args(ProcessId="b,a"), "Unexpected": "x"})
+    assert task.task_id == "t1" and task.process_ids == ("a", "b")
+    assert task.target_type == "ON_CPU" and task.duration_s == 60 and task.supported
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"TaskId": None}, "TaskId"),
+        ({"FixedTriggerDuration": None}, "FixedTriggerDuration"),
+        ({"TaskStartTime": "soon"}, "TaskStartTime is not an integer"),
+        ({"TaskUpdateTime": "12.5"}, "TaskUpdateTime is not an integer"),
+        ({"FixedTriggerDuration": "0"}, "must be positive"),
+        ({"TargetType": "GPU"}, "unknown TargetType"),
+        ({"TriggerType": "CONTINUOUS_PROFILING"}, "TriggerType"),
+        ({"ExtensionConfigJSON": "{not json"}, "not JSON"),
+        ({"ProcessId": " , "}, "empty ProcessId"),
+    ],
+)
+def test_malformed_commands_name_the_problem(overrides, needle):
+    with pytest.raises(TaskCommandError, match=needle):
+        parse_task_command(task_args(**overrides))
+
+
+def test_network_task_parses_but_is_not_supported():
+    rules = {"NetworkSamplings": [{"URIRegex": "^/api", "When5xx": True}]}
+    task = parse_task_command(
+        task_args(TargetType="NETWORK", ExtensionConfigJSON=json.dumps(rules))
+    )
+    assert not task.supported and task.extension_config == rules
+
+
+# -- the manager with real engines ----------------------------------------
+
+
+@dataclass
+class RecordingUploader:
+    added: list = field(default_factory=list)
+    flushes: int = 0
+
+    def add(self, task_id, process_id, profiling_start_ms, profile):
+        self.added.append((task_id, process_id, profiling_start_ms, profile))
+
+    def flush(self):
+        self.flushes += 1
+
+    def leaf_names(self, task_id):
+        names = []
+        for tid, _, _, profile in self.added:
+            if tid == task_id:
+                for key, values in profile:
+                    user = [f.name for f in key.frames if not f.is_kernel]
+                    names += [user[-1]] * values[0] if user else []
+        return names
+
+
+@pytest.fixture(scope="module")
+def engines():
+    engine_set = EngineSet(lambda: HeaderSearch().find(), EngineConfig())
+    yield engine_set
+    engine_set.close()
+
+
+def make_manager(engines, processes):
+    uploader = RecordingUploader()
+
+    def resolve(process_id):
+        pid = processes.get(process_id)
+        if pid is None:
+            return None
+        return DiscoveredProcess(pid, Entity("OS_LINUX", "svc", "inst", "proc"), ProcessKind.HOST)
+
+    return TaskManager(engines, Symbolizer(), uploader, resolve), uploader
+
+
+def run_until(manager, seconds, step=0.25):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        manager.tick()
+        manager.flush()
+        time.sleep(step)
+
+
+pytestmark_bpf = pytest.mark.bpf
+
+
+@pytest.mark.bpf
+def test_task_profiles_uploads_and_stops_after_its_duration(engines, spawn, workloads):
+    busy = spawn([workloads.build("hot_c_fp")])
+    manager, uploader = make_manager(engines, {"p1": busy.pid})
+    task = parse_task_command(task_args(FixedTriggerDuration=2))
+    assert manager.apply(task)
+    assert manager.apply(task)  # the same task again is not run twice
+    assert len(manager.runs()) == 1
+    run_until(manager, 3.5)
+    assert manager.runs() == []  # finished after 2 s
+    leaves = uploader.leaf_names("t1")
+    assert leaves.count("c_hot_spin") > 0.5 * len(leaves) > 50
+    starts = {start for _, _, start, _ in uploader.added}
+    assert len(starts) == 1  # profilingStartTime stays constant for the run
+    assert {pid for _, pid, _, _ in uploader.added} == {"p1"}
+    assert busy.pid not in engines.loaded()[task_type(task)].pids
+
+
+def task_type(task):
+    from rover.profile import ProfileType
+
+    return ProfileType.ON_CPU if task.target_type == "ON_CPU" else ProfileType.OFF_CPU
+
+
+@pytest.mark.bpf
+def test_future_task_waits_for_its_start_time(engines, spawn, workloads):
+    busy = spawn([workloads.build("hot_c_fp")])
+    manager, uploader = make_manager(engines, {"p1": busy.pid})
+    start = int(time.time() * 1000) + 1500
+    manager.apply(parse_task_command(task_args(TaskStartTime=start, FixedTriggerDuration=1)))
+    run_until(manager, 1.0)
+    assert manager.runs()[0].state == "waiting" and uploader.added == []
+    run_until(manager, 2.0)
+    assert uploader.added and uploader.added[0][2] >= start
+
+
+@pytest.mark.bpf
+def test_one_task_several_processes_and_shared_pids(engines, spawn, workloads):
+    first = spawn([workloads.build("hot_c_fp")])
+    second = spawn([workloads.build("hot_cpp")])
+    manager, uploader = make_manager(engines, {"p1": first.pid, "p2": second.pid})
+    manager.apply(parse_task_command(task_args(TaskId="both", ProcessId="p1,p2")))
+    manager.apply(parse_task_command(task_args(TaskId="one", ProcessId="p1")))
+    run_until(manager, 1.5)
+    by_process = {(tid, pid) for tid, pid, _, _ in uploader.added}
+    assert by_process == {("both", "p1"), ("both", "p2"), ("one", "p1")}
+    assert "c_hot_spin" in uploader.leaf_names("one")
+    assert "ns::Worker::spin()" in uploader.leaf_names("both")
+
+
+@pytest.mark.bpf
+def test_process_dying_mid_task_ends_it_without_error(engines, spawn, workloads):
+    busy = spawn([workloads.build("hot_c_fp")])
+    manager, uploader = make_manager(engines, {"p1": busy.pid})
+    manager.apply(parse_task_command(task_args(FixedTriggerDuration=60)))
+    run_until(manager, 1.0)
+    busy.stop()
+    run_until(manager, 1.0)
+    assert manager.runs() == []
+    assert "c_hot_spin" in uploader.leaf_names("t1")
+
+
+@pytest.mark.bpf
+def test_off_cpu_task(engines, spawn, workloads):
+    blocker = spawn([workloads.build("block_c"), "100", "10"])
+    manager, uploader = make_manager(engines, {"p1": blocker.pid})
+    manager.apply(parse_task_command(task_args(TargetType="OFF_CPU")))
+    manager.tick()
+    blocker.send_line("go")
+    run_until(manager, 2.0)
+    sleeps = [
+        values
+        for _, _, _, profile in uploader.added
+        for key, values in profile
+        if "block_loop" in [f.name for f in key.frames]
+    ]
+    switches = sum(v[0] for v in sleeps)
+    assert 90 <= switches <= 110, switches
+
+
+def test_unknown_process_and_expired_and_unsupported_tasks():
+    manager, _ = make_manager(EngineSet(lambda: None, EngineConfig()), {"p1": 1})
+    assert not manager.apply(parse_task_command(task_args(ProcessId="nobody")))
+    old = int(time.time() * 1000) - 3_600_000
+    assert manager.apply(parse_task_command(task_args(TaskStartTime=old)))  # resolved...
+    assert manager.runs() == []  # ...but expired
+    assert manager.apply(parse_task_command(task_args(TargetType="NETWORK")))
+    assert manager.runs() == [] and manager.counters["tasks_unsupported"] == 1
+
+
+# -- the poller --------------------------------------------------------------
+
+
+@dataclass
+class Cmd:
+    name: str
+    args: dict
+
+
+class FakeSource:
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.queries = []
+
+    def query_tasks(self, agent_id, latest):
+        self.queries.append((agent_id, latest))
+        return self.replies.pop(0) if self.replies else []
+
+
+def test_poller_advances_latest_update_time_only_for_usable_commands():
+    manager, _ = make_manager(EngineSet(lambda: None, EngineConfig()), {"p1": 1})
+    old = int(time.time() * 1000) - 3_600_000
+    replies = [
+        [
+            Cmd(TASK_COMMAND, task_args(TaskUpdateTime=100, TaskStartTime=old)),  # expired: counts
+            Cmd(TASK_COMMAND, task_args(TaskUpdateTime=900, ProcessId="unknown")),  # unresolved
+            Cmd(TASK_COMMAND, task_args(TaskUpdateTime=800, TaskStartTime="x")),  # malformed
+            Cmd("ConfigurationDiscoveryCommand", {"SerialNumber": "1"}),  # other agents' command
+        ],
+        [],
+    ]
+    source = FakeSource(replies)
+    poller = TaskPoller(source, "agent-1", manager)
+    poller.poll()
+    poller.poll()
+    assert source.queries == [("agent-1", 0), ("agent-1", 100)]
+    assert poller.malformed == 1 and poller.ignored == 1
