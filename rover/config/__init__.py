@@ -1,0 +1,57 @@
+"""The agent's configuration: ``rover_configs.yaml`` with Rover's keys and ``${ENV:default}``
+placeholders, turned into frozen dataclasses; any bad value is a ConfigError naming its key.
+
+Modules: ``placeholders`` (``${...}``), ``yaml_file`` (reading), ``reader`` (typing one
+value, unknown keys), ``model`` (the dataclasses), ``build`` (sections and checks),
+``loader`` (which file).
+"""
+
+from rover.config.errors import ConfigError
+from rover.config.loader import SHIPPED_CONFIG, default_config_path, load_config
+from rover.config.model import (
+    DEFAULT_ANALYZERS,
+    AgentConfig,
+    AnalyzerConfig,
+    BackendConfig,
+    ContinuousConfig,
+    CoreConfig,
+    HealthConfig,
+    KubernetesConfig,
+    LogFormat,
+    LoggerConfig,
+    OnCpuConfig,
+    ProcessDiscoveryConfig,
+    ProfilingConfig,
+    RegexFinderConfig,
+    ScanMode,
+    ScannerAgentConfig,
+    ScannerConfig,
+    TaskConfig,
+    TriggerConfig,
+)
+
+__all__ = [
+    "DEFAULT_ANALYZERS",
+    "SHIPPED_CONFIG",
+    "AgentConfig",
+    "AnalyzerConfig",
+    "BackendConfig",
+    "ConfigError",
+    "ContinuousConfig",
+    "CoreConfig",
+    "HealthConfig",
+    "KubernetesConfig",
+    "LogFormat",
+    "LoggerConfig",
+    "OnCpuConfig",
+    "ProcessDiscoveryConfig",
+    "ProfilingConfig",
+    "RegexFinderConfig",
+    "ScanMode",
+    "ScannerAgentConfig",
+    "ScannerConfig",
+    "TaskConfig",
+    "TriggerConfig",
+    "default_config_path",
+    "load_config",
+]

@@ -1,0 +1,31 @@
+"""``load_config``: which file, then read, resolve, type and check it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from rover.config.build import build_agent_config
+from rover.config.model import AgentConfig
+from rover.config.yaml_file import read_tree
+
+# The file shipped with the source tree: <repo>/configs/rover_configs.yaml.
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rover_configs.yaml"
+CONFIG_ENV = "ROVER_CONFIG"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$ROVER_CONFIG`` when set, else the shipped ``configs/rover_configs.yaml``."""
+    env = os.environ if env is None else env
+    return Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else SHIPPED_CONFIG
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` (default: :func:`default_config_path`) with ``env`` (default: os.environ).
+
+    Raises ConfigError naming the file, or the key and the value, on any problem.
+    """
+    env = os.environ if env is None else env
+    file = Path(path) if path is not None else default_config_path(env)
+    return build_agent_config(read_tree(file), env, source=str(file))

@@ -1,0 +1,219 @@
+"""The typed settings of the agent, one dataclass per section of ``rover_configs.yaml``.
+
+Defaults equal the shipped file's (which equal Rover's); a key left out of a
+custom file takes the default here. Durations are float seconds. Empty strings
+mean "not set", as in Rover. Templates (analyzers, regex finders) are carried
+as raw strings: process discovery compiles them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from dataclasses import dataclass, field
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class ScanMode(enum.StrEnum):
+    """``process_discovery.scanner.mode``; only REGEX turns the host scanner on here."""
+
+    REGEX = "REGEX"
+    AGENT_SENSOR = "AGENT_SENSOR"  # Rover's default; not implemented by this agent
+
+
+# Rover's logger levels (logrus names) and what they mean to Python's logging.
+LOG_LEVELS: dict[str, int] = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.CRITICAL,
+    "PANIC": logging.CRITICAL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoggerConfig:
+    level: str = "INFO"  # one of LOG_LEVELS' keys (``warn`` is stored as WARNING)
+    format: LogFormat = LogFormat.TEXT
+
+    @property
+    def python_level(self) -> int:
+        return LOG_LEVELS[self.level]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    addr: str = "localhost:11800"
+    enable_tls: bool = False
+    ca_pem_path: str = ""  # empty: the system's trust roots
+    client_pem_path: str = ""  # client certificate: used only when the key is set too
+    client_key_path: str = ""
+    insecure_skip_verify: bool = False
+    check_period: float = 5.0
+    authentication: str = ""  # empty: no ``authentication`` metadata
+    call_timeout: float = 10.0  # ours: Rover sets no deadline on calls
+    upload_buffer_size: int = 100_000  # ours: bound on data kept while the backend is away
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    address: str = ""  # ``host:port`` of the health endpoint; empty: no endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    cluster_name: str = ""
+    host_root: str = "/"  # where the host's / is mounted (Rover's ROVER_HOST_MAPPING)
+    host_proc_mapping: str = ""  # the host's /proc (Rover 0.7+); empty: <host_root>/proc
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    @property
+    def proc_dir(self) -> str:
+        """Where the host's ``/proc`` is readable from here."""
+        return self.host_proc_mapping or os.path.join(self.host_root, "proc")
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzerConfig:
+    """One Kubernetes process analyzer: Go-template filters and entity templates."""
+
+    layer: str = ""
+    service_name: str = ""
+    instance_name: str = ""
+    process_name: str = ""
+    labels: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()  # each a template expression without the {{ }}
+    active: bool = True
+
+
+_ISTIO_SERVICE_NAME = (
+    '{{.Pod.Namespace}}::{{.Pod.LabelValue "service.istio.io/canonical-name,'
+    'app.kubernetes.io/name,app" }}'
+)
+
+# Rover's three shipped analyzers: Istio sidecar, Istio application, Kubernetes service.
+DEFAULT_ANALYZERS: tuple[AnalyzerConfig, ...] = (
+    AnalyzerConfig(
+        filters=('.Pod.HasContainer "istio-proxy"', 'eq .Container.Name "istio-proxy"'),
+        layer="MESH_DP",
+        service_name=_ISTIO_SERVICE_NAME,
+        instance_name="{{.Pod.Name}}",
+        process_name="{{.Process.ExeName}}",
+        labels=("mesh-envoy",),
+    ),
+    AnalyzerConfig(
+        filters=('.Pod.HasContainer "istio-proxy"', 'ne .Container.Name "istio-proxy"'),
+        layer="MESH",
+        service_name=_ISTIO_SERVICE_NAME,
+        instance_name="{{.Pod.Name}}",
+        process_name="{{.Process.ExeName}}",
+        labels=("mesh-application",),
+    ),
+    AnalyzerConfig(
+        filters=(".Pod.HasServiceName",),
+        layer="K8S_SERVICE",
+        service_name="{{.Pod.Namespace}}::{{.Pod.ServiceName}}",
+        instance_name="{{.Pod.Name}}",
+        process_name="{{.Process.ExeName}}",
+        labels=("k8s-service",),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    active: bool = False
+    node_name: str = ""
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    analyzers: tuple[AnalyzerConfig, ...] = DEFAULT_ANALYZERS
+
+
+@dataclass(frozen=True, slots=True)
+class RegexFinderConfig:
+    """One host-process finder of the REGEX scanner (Rover removed it in Dec 2023)."""
+
+    match_cmd: str = ""  # regular expression searched in the command line
+    layer: str = "OS_LINUX"
+    service_name: str = ""
+    instance_name: str = '{{.Rover.HostIPV4 "en0"}}'
+    process_name: str = "{{.Process.ExeName}}"
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScannerAgentConfig:
+    process_status_refresh_period: float = 60.0  # AGENT_SENSOR mode only
+
+
+@dataclass(frozen=True, slots=True)
+class ScannerConfig:
+    mode: ScanMode = ScanMode.AGENT_SENSOR
+    period: float = 3.0
+    agent: ScannerAgentConfig = field(default_factory=ScannerAgentConfig)
+    regex: tuple[RegexFinderConfig, ...] = (RegexFinderConfig(),)
+
+    @property
+    def active(self) -> bool:
+        return self.mode is ScanMode.REGEX
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessDiscoveryConfig:
+    heartbeat_period: float = 20.0
+    properties_report_period: int = 10  # full re-report every N heartbeats
+    scanner: ScannerConfig = field(default_factory=ScannerConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class OnCpuConfig:
+    dump_period: float = 0.009  # sampling period: 9 ms is 111 samples per second
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    on_cpu: OnCpuConfig = field(default_factory=OnCpuConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerConfig:
+    execute_duration: float = 600.0
+    silence_duration: float = 1200.0
+
+
+@dataclass(frozen=True, slots=True)
+class ContinuousConfig:
+    meter_prefix: str = "rover_con_p"
+    fetch_interval: float = 1.0
+    check_interval: float = 5.0
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilingConfig:
+    active: bool = True
+    check_interval: float = 10.0
+    flush_interval: float = 5.0
+    kernel_headers: str = ""  # empty: search the host for headers
+    task: TaskConfig = field(default_factory=TaskConfig)
+    continuous: ContinuousConfig = field(default_factory=ContinuousConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    process_discovery: ProcessDiscoveryConfig = field(default_factory=ProcessDiscoveryConfig)
+    profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    source: str = ""  # the file this was loaded from
+    # Rover settings this agent does not implement, found in the file: log them once
+    # logging is set up (it cannot be before the logger section is read).
+    warnings: tuple[str, ...] = ()
