@@ -1,0 +1,62 @@
+"""Meters of the watched values, as the OAP's continuous-profiling rules expect (spec 4.7.7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rover.continuous.plan import series_key
+from rover.continuous.policy import MonitorType
+from rover.continuous.policy_cache import Watch
+from rover.continuous.windows import WindowStore
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    """One single-value meter of one process's service instance."""
+
+    name: str
+    value: float
+    service: str
+    instance: str
+    labels: tuple[tuple[str, str], ...]  # (name, value)
+    timestamp_ms: int
+
+
+def meter_name(prefix: str, monitor: MonitorType) -> str:
+    return f"{prefix}_{monitor.value.lower()}"
+
+
+def collect_meters(
+    watches: list[Watch],
+    windows: WindowStore,
+    prefix: str,
+    newer_than: int,
+    timestamp_ms: int,
+) -> list[MeterSample]:
+    """The latest value of each watched (process, monitor) whose series got a sample
+    in a slot after ``newer_than``; one meter per process even when several items
+    (e.g. ON_CPU and OFF_CPU) watch the same monitor. System load is repeated per
+    process, as the OAP aggregates it per instance."""
+    samples: list[MeterSample] = []
+    seen: set[tuple[str, MonitorType]] = set()
+    for watch in watches:
+        monitor = watch.item.monitor
+        if not watch.item.measured or (watch.process_id, monitor) in seen:
+            continue
+        seen.add((watch.process_id, monitor))
+        window = windows.get(series_key(monitor, watch.process))
+        latest = window.latest() if window is not None else None
+        if latest is None or latest[0] <= newer_than:
+            continue
+        entity = watch.process.entity
+        samples.append(
+            MeterSample(
+                name=meter_name(prefix, monitor),
+                value=latest[1],
+                service=entity.service_name,
+                instance=entity.instance_name,
+                labels=(("process_name", entity.process_name), ("layer", entity.layer)),
+                timestamp_ms=timestamp_ms,
+            )
+        )
+    return samples
