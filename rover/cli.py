@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--host-root", default="/", help="where the host's / is mounted (default /)")
     prof.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
+    agent = sub.add_parser("agent", help="run the SkyWalking profiling agent (the daemon)")
+    agent.add_argument(
+        "--config", help="rover_configs.yaml (default: $ROVER_CONFIG, else the shipped file)"
+    )
+
     check = sub.add_parser("check", help="can profiling work on this machine?")
     check.add_argument("--kernel-headers", help="kernel headers directory to consider")
     check.add_argument("--host-root", default="/", help="where the host's / is mounted")
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "profile":
             return cmd_profile(args)
+        if args.command == "agent":
+            return cmd_agent(args)
         return cmd_check(args)
     except UsageError as exc:
         print(f"rover {args.command}: error: {exc}", file=sys.stderr)
@@ -309,6 +316,33 @@ class _ProgressDisplay:
     def finish(self) -> None:
         if self._shown:
             sys.stderr.write("\n")
+
+
+# -- rover agent -----------------------------------------------------------
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from rover.config import ConfigError, load_config
+    from rover.logs import configure_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(f"configuration: {exc}") from None
+    configure_logging(config.logger.python_level, config.logger.format.value == "json")
+    for warning in config.warnings:
+        log.warning("configuration: %s", warning)
+
+    from rover.agent import Agent
+    from rover.backend import BackendConfigError
+    from rover.process.finder import FinderConfigError
+
+    try:
+        agent = Agent(config)
+    except (BackendConfigError, FinderConfigError) as exc:
+        raise UsageError(f"configuration: {exc}") from None
+    agent.run_until_signalled()
+    return EXIT_OK
 
 
 # -- rover check -----------------------------------------------------------

@@ -1,8 +1,9 @@
 """The one way to read another process's files and the host's files.
 
 The agent may run in a container with the host's ``/`` mounted somewhere (for
-example ``/host``); every path to ``/proc`` or to host files goes through
-:class:`HostFS` so that mapping is honoured in one place. Files that belong to
+example ``/host``), and the host's ``/proc`` possibly somewhere else again (Rover's
+``ROVER_HOST_PROC_MAPPING``); every path to ``/proc`` or to host files goes through
+:class:`HostFS` so both mappings are honoured in one place. Files that belong to
 a target process (its executable, its libraries) are opened through
 ``/proc/PID/root`` so processes in other mount namespaces resolve.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 class ProcessGone(Exception):
@@ -29,18 +30,29 @@ _GONE_ERRNOS = {errno.ENOENT, errno.ESRCH}
 
 
 class HostFS:
-    """Paths on the host, given where the host's root is mounted."""
+    """Paths on the host, given where the host's root and its ``/proc`` are mounted.
 
-    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+    ``proc`` defaults to ``<root>/proc``; an empty string counts as not given.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] = "/", proc: str | os.PathLike[str] | None = None
+    ) -> None:
         self.root = Path(root)
+        self.proc = Path(proc) if proc else self.root / "proc"
 
     def host_path(self, path: str | os.PathLike[str]) -> Path:
-        """A host absolute path (``/lib/modules``) as seen from here."""
-        return self.root / str(path).lstrip("/")
+        """A host absolute path (``/lib/modules``) as seen from here; ``/proc`` and paths
+        under it resolve in the proc mapping."""
+        relative = str(path).lstrip("/")
+        parts = PurePosixPath(relative).parts
+        if parts[:1] == ("proc",):
+            return self.proc.joinpath(*parts[1:])
+        return self.root / relative
 
     def proc_path(self, pid: int, *parts: str) -> Path:
         """``/proc/PID/<parts>`` of the host's procfs."""
-        return self.host_path("/proc").joinpath(str(pid), *parts)
+        return self.proc.joinpath(str(pid), *parts)
 
     def target_path(self, pid: int, path: str) -> Path:
         """A path inside the target process's own root (its mount namespace)."""

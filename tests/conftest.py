@@ -19,6 +19,8 @@ if TESTS_DIR not in sys.path:  # make `processes` and `workloads` importable in 
 
 import processes  # noqa: E402
 from browser import browser  # noqa: E402, F401 - the headless Chromium fixture
+from fake_k8s import fake_k8s  # noqa: E402, F401 - a fake Kubernetes API server
+from fake_oap import fake_oap  # noqa: E402, F401 - the in-repo test backend
 from workloads import build as workload_build  # noqa: E402
 
 
@@ -92,3 +94,20 @@ def _bpf_tests_need_root(request: pytest.FixtureRequest) -> None:
             "run pytest as root, e.g. `sudo .venv/bin/pytest`",
             pytrace=False,
         )
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`start_agent(env, *args)` runs `rover agent`; every agent is stopped at teardown."""
+    from agent_process import AgentProcess
+
+    started: list[AgentProcess] = []
+
+    def start(env: dict[str, str], *args: str) -> AgentProcess:
+        agent = AgentProcess(env, tmp_path / f"agent-{len(started)}.log", args)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop(timeout=5)

@@ -194,6 +194,7 @@ class FakeOAP:
         self._ignore: Callable[[Process_pb2.EBPFProcessEntityMetadata], bool] = lambda e: False
         self.processes: dict[str, ReportedProcess] = {}
         self._tasks: dict[str, FakeTask] = {}
+        self._raw_task_commands: list[CommandData] = []
         self._policies: dict[str, tuple[str, dict]] = {}  # service -> (uuid, Profiling)
         self._report_reply: list[CommandData] | None = None
         self.continuous_task_ids: list[str] = []
@@ -378,9 +379,17 @@ class FakeOAP:
             task.duration_s += extra_s
             task.update_time_ms = _now_ms() if update_time_ms is None else update_time_ms
 
-    def task_commands(self, agent_id: str, latest_update_time: int) -> list[CommandData]:
-        """What queryTasks answers (spec 3.2, 4.4)."""
+    def add_raw_task_command(
+        self, args: dict[str, str], name: str = "EBPFProfilingTaskQuery"
+    ) -> None:
+        """Also answer every queryTasks with this command as given (malformed ones too)."""
         with self._lock:
+            self._raw_task_commands.append(CommandData(name, dict(args)))
+
+    def task_commands(self, agent_id: str, latest_update_time: int) -> list[CommandData]:
+        """What queryTasks answers (spec 3.2, 4.4), then any raw commands added."""
+        with self._lock:
+            raw = list(self._raw_task_commands)
             mine = {pid: p for pid, p in self.processes.items() if p.agent_id == agent_id}
             tasks = sorted(self._tasks.values(), key=lambda t: t.update_time_ms)
         commands = []
@@ -410,7 +419,7 @@ class FakeOAP:
                 if task.trigger_type == "FIXED_TIME":
                     args["FixedTriggerDuration"] = str(task.duration_s)
                 commands.append(CommandData("EBPFProfilingTaskQuery", args))
-        return commands
+        return commands + raw
 
     def set_policy(
         self, service_name: str, profiling: dict | None, uuid_: str | None = None

@@ -88,7 +88,7 @@ def test_shipped_defaults_are_rovers():
     assert pd.scanner.agent.process_status_refresh_period == 60.0
     (finder,) = pd.scanner.regex
     assert finder.match_cmd == "" and finder.layer == "OS_LINUX" and finder.service_name == ""
-    assert finder.instance_name == '{{.Rover.HostIPV4 "en0"}}'
+    assert finder.instance_name == "{{.Rover.HostName}}"  # ours: Rover's "en0" fails on Linux
     assert finder.process_name == "{{.Process.ExeName}}"
     assert finder.labels == ()
     k8s = pd.kubernetes
@@ -102,10 +102,11 @@ def test_shipped_defaults_are_rovers():
 
 
 def test_shipped_analyzers_are_rovers_three():
+    """Current Rover's service names, ``<name>.<namespace>`` (the spec, section 4.2)."""
     envoy, application, service = shipped().process_discovery.kubernetes.analyzers
     istio_name = (
-        '{{.Pod.Namespace}}::{{.Pod.LabelValue "service.istio.io/canonical-name,'
-        'app.kubernetes.io/name,app" }}'
+        '{{.Pod.LabelValue "service.istio.io/canonical-name,app.kubernetes.io/name,app" ""}}'
+        ".{{.Pod.Namespace}}"
     )
     assert envoy.active and application.active and service.active
     assert envoy.filters == ('.Pod.HasContainer "istio-proxy"', 'eq .Container.Name "istio-proxy"')
@@ -122,7 +123,7 @@ def test_shipped_analyzers_are_rovers_three():
     assert application.labels == ("mesh-application",)
     assert service.filters == (".Pod.HasServiceName",)
     assert service.layer == "K8S_SERVICE"
-    assert service.service_name == "{{.Pod.Namespace}}::{{.Pod.ServiceName}}"
+    assert service.service_name == "{{.Pod.ServiceName}}.{{.Pod.Namespace}}"
     assert service.labels == ("k8s-service",)
     for analyzer in (envoy, application, service):
         assert analyzer.instance_name == "{{.Pod.Name}}"
@@ -199,9 +200,9 @@ OVERRIDES: list[tuple[str, str, Callable[[AgentConfig], Any], Any]] = [
     (REGEX + "SERVICE_NAME", "svc", _finder("service_name"), "svc"),
     (
         REGEX + "INSTANCE_NAME",
-        "{{.Rover.HostName}}",
+        '{{.Rover.HostIPV4 "eth0"}}',
         _finder("instance_name"),
-        "{{.Rover.HostName}}",
+        '{{.Rover.HostIPV4 "eth0"}}',
     ),
     (REGEX + "PROCESS_NAME", "p", _finder("process_name"), "p"),
     (REGEX + "LABELS", "a, b,,c", _finder("labels"), ("a", "b", "c")),
@@ -701,6 +702,11 @@ def test_a_rover_file_loads_with_warnings_for_what_is_not_implemented(tmp_path):
             '{{.Pod.Namespace}}::{{.Pod.LabelValue "a,b" }}',
         ),
         ('${A:{{.Rover.HostIPV4 "en0"}}}', {}, '{{.Rover.HostIPV4 "en0"}}'),
+        (
+            '${A:{{.Pod.LabelValue "a,b" ""}}.{{.Pod.Namespace}}}',
+            {},
+            '{{.Pod.LabelValue "a,b" ""}}.{{.Pod.Namespace}}',
+        ),
         ("${A}", {}, ""),  # no default
         ("${A}", {"A": "x"}, "x"),
         ("${A:}", {}, ""),

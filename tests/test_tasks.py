@@ -81,12 +81,17 @@ def test_network_task_parses_but_is_not_supported():
 class RecordingUploader:
     added: list = field(default_factory=list)
     flushes: int = 0
+    forgotten: list = field(default_factory=list)
 
     def add(self, task_id, process_id, profiling_start_ms, profile):
         self.added.append((task_id, process_id, profiling_start_ms, profile))
 
     def flush(self):
         self.flushes += 1
+        return True
+
+    def forget_task(self, task_id, process_id=None):
+        self.forgotten.append((task_id, process_id))
 
     def leaf_names(self, task_id):
         names = []
@@ -144,6 +149,7 @@ def test_task_profiles_uploads_and_stops_after_its_duration(engines, spawn, work
     assert len(starts) == 1  # profilingStartTime stays constant for the run
     assert {pid for _, pid, _, _ in uploader.added} == {"p1"}
     assert busy.pid not in engines.loaded()[task_type(task)].pids
+    assert uploader.forgotten == [("t1", "p1")]  # its stack-id tables can go
 
 
 def task_type(task):

@@ -1,9 +1,10 @@
 """The typed settings of the agent, one dataclass per section of ``rover_configs.yaml``.
 
-Defaults equal the shipped file's (which equal Rover's); a key left out of a
-custom file takes the default here. Durations are float seconds. Empty strings
-mean "not set", as in Rover. Templates (analyzers, regex finders) are carried
-as raw strings: process discovery compiles them.
+Defaults equal the shipped file's, which equal current Rover's except where a
+comment says otherwise; a key left out of a custom file takes the default here.
+Durations are float seconds. Empty strings mean "not set", as in Rover. Templates
+(analyzers, regex finders) are carried as raw strings: process discovery
+(``rover.process``) compiles them and uses these classes as its own rule types.
 """
 
 from __future__ import annotations
@@ -81,23 +82,29 @@ class CoreConfig:
         return self.host_proc_mapping or os.path.join(self.host_root, "proc")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AnalyzerConfig:
-    """One Kubernetes process analyzer: Go-template filters and entity templates."""
+    """One Kubernetes process analyzer: Go-template filters and entity templates.
 
+    A key left out of a file is empty here, as in Rover (an error while active)."""
+
+    active: bool = True
+    filters: tuple[str, ...] = ()  # each a template expression without the {{ }}
     layer: str = ""
     service_name: str = ""
     instance_name: str = ""
     process_name: str = ""
     labels: tuple[str, ...] = ()
-    filters: tuple[str, ...] = ()  # each a template expression without the {{ }}
-    active: bool = True
 
 
+# Current Rover's defaults: ``<name>.<namespace>`` (older Rover wrote ``<namespace>::<name>``).
 _ISTIO_SERVICE_NAME = (
-    '{{.Pod.Namespace}}::{{.Pod.LabelValue "service.istio.io/canonical-name,'
-    'app.kubernetes.io/name,app" }}'
+    '{{.Pod.LabelValue "service.istio.io/canonical-name,app.kubernetes.io/name,app" ""}}'
+    ".{{.Pod.Namespace}}"
 )
+_K8S_SERVICE_NAME = "{{.Pod.ServiceName}}.{{.Pod.Namespace}}"
+_POD_INSTANCE_NAME = "{{.Pod.Name}}"
+_EXE_PROCESS_NAME = "{{.Process.ExeName}}"
 
 # Rover's three shipped analyzers: Istio sidecar, Istio application, Kubernetes service.
 DEFAULT_ANALYZERS: tuple[AnalyzerConfig, ...] = (
@@ -105,24 +112,24 @@ DEFAULT_ANALYZERS: tuple[AnalyzerConfig, ...] = (
         filters=('.Pod.HasContainer "istio-proxy"', 'eq .Container.Name "istio-proxy"'),
         layer="MESH_DP",
         service_name=_ISTIO_SERVICE_NAME,
-        instance_name="{{.Pod.Name}}",
-        process_name="{{.Process.ExeName}}",
+        instance_name=_POD_INSTANCE_NAME,
+        process_name=_EXE_PROCESS_NAME,
         labels=("mesh-envoy",),
     ),
     AnalyzerConfig(
         filters=('.Pod.HasContainer "istio-proxy"', 'ne .Container.Name "istio-proxy"'),
         layer="MESH",
         service_name=_ISTIO_SERVICE_NAME,
-        instance_name="{{.Pod.Name}}",
-        process_name="{{.Process.ExeName}}",
+        instance_name=_POD_INSTANCE_NAME,
+        process_name=_EXE_PROCESS_NAME,
         labels=("mesh-application",),
     ),
     AnalyzerConfig(
         filters=(".Pod.HasServiceName",),
         layer="K8S_SERVICE",
-        service_name="{{.Pod.Namespace}}::{{.Pod.ServiceName}}",
-        instance_name="{{.Pod.Name}}",
-        process_name="{{.Process.ExeName}}",
+        service_name=_K8S_SERVICE_NAME,
+        instance_name=_POD_INSTANCE_NAME,
+        process_name=_EXE_PROCESS_NAME,
         labels=("k8s-service",),
     ),
 )
@@ -136,15 +143,17 @@ class KubernetesConfig:
     analyzers: tuple[AnalyzerConfig, ...] = DEFAULT_ANALYZERS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RegexFinderConfig:
     """One host-process finder of the REGEX scanner (Rover removed it in Dec 2023)."""
 
     match_cmd: str = ""  # regular expression searched in the command line
     layer: str = "OS_LINUX"
     service_name: str = ""
-    instance_name: str = '{{.Rover.HostIPV4 "en0"}}'
-    process_name: str = "{{.Process.ExeName}}"
+    # Ours: Rover's {{.Rover.HostIPV4 "en0"}} fails on Linux hosts (no interface en0), which
+    # skipped every matched process.
+    instance_name: str = "{{.Rover.HostName}}"
+    process_name: str = _EXE_PROCESS_NAME
     labels: tuple[str, ...] = ()
 
 

@@ -37,7 +37,9 @@ class Uploader(Protocol):
         self, task_id: str, process_id: str, profiling_start_ms: int, profile: Profile
     ) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(self) -> bool: ...
+
+    def forget_task(self, task_id: str, process_id: str | None = None) -> None: ...
 
 
 @dataclass
@@ -99,6 +101,27 @@ class TaskManager:
         with self._lock:
             self._accept(task, pids)
         return True
+
+    def run_now(
+        self, task_id: str, target_type: str, pids: dict[str, int], duration_s: int
+    ) -> None:
+        """Run a task the agent decided on itself (a continuous-profiling trigger).
+
+        It starts at once under the backend's task id and uploads like any task.
+        """
+        now = self._now_ms()
+        task = ProfilingTask(
+            task_id=task_id,
+            process_ids=tuple(sorted(pids)),
+            update_time_ms=now,
+            trigger_type="FIXED_TIME",
+            target_type=target_type,
+            start_time_ms=now,
+            duration_s=duration_s,
+        )
+        with self._lock:
+            self._accept(task, pids)
+            self.tick()
 
     def _accept(self, task: ProfilingTask, pids: dict[str, int]) -> None:
         if not task.supported:
@@ -190,6 +213,8 @@ class TaskManager:
         self._finished.add((task.task_id, task.identity, task.start_time_ms))
         if self._runs.get(task.identity) is run:
             del self._runs[task.identity]
+        for process_id in run.pids:
+            self.uploader.forget_task(task.task_id, process_id)
         in_use = {pid for r in self._runs.values() for pid in r.pids.values()}
         for pid in set(run.pids.values()) - in_use:
             self.symbolizer.forget(pid)

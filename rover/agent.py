@@ -1,0 +1,202 @@
+"""The long-running agent: discovery, reporting, backend tasks, profiling, upload.
+
+Start order: backend client -> finders -> loops (heartbeat, task poll,
+scheduler, flush). Stop order is the reverse, and a stop uploads what was
+collected before the BPF programs are detached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import psutil
+
+from rover.backend import BackendClient, ProcessReporter, ProfileUploader
+from rover.backend import BackendConfig as BackendClientConfig
+from rover.backend.continuous import BackendMeterSink, BackendPolicySource, BackendTriggerSink
+from rover.bpf.engine import EngineConfig
+from rover.bpf.headers import HeaderSearch
+from rover.bpf.tracefs import ensure_tracefs
+from rover.config import AgentConfig
+from rover.continuous import ContinuousConfig, ContinuousProfiler
+from rover.hostfs import HostFS
+from rover.periodic import PeriodicLoop
+from rover.process.finder import ProcessFinder
+from rover.process.model import DiscoveredProcess
+from rover.symbols import Symbolizer
+from rover.tasks.engines import EngineSet
+from rover.tasks.manager import TaskManager
+from rover.tasks.poller import TaskPoller
+
+log = logging.getLogger(__name__)
+
+KUBERNETES_SCAN_PERIOD = 5.0  # seconds between /proc rescans for pods (Rover's fixed value)
+SCHEDULER_PERIOD = 0.2  # seconds between start/stop checks of tasks
+SHUTDOWN_BUDGET = 8.0  # seconds for the final upload on SIGTERM (the pod gets 10)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        finders: list[ProcessFinder] | None = None,
+        agent_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.agent_id = agent_id or str(uuid.uuid4())
+        self.hostfs = HostFS(config.core.host_root, config.core.host_proc_mapping)
+        backend = dataclasses.asdict(config.core.backend)
+        self.client = BackendClient(BackendClientConfig(**backend))
+        self.finders = finders if finders is not None else build_finders(config, self.agent_id)
+        self.reporter = ProcessReporter(
+            self.client, self.agent_id, config.process_discovery.properties_report_period
+        )
+        self.symbolizer = Symbolizer(self.hostfs)
+        self.uploader = ProfileUploader(self.client, config.core.backend.upload_buffer_size)
+        frequency = max(1, round(1.0 / config.profiling.task.on_cpu.dump_period))
+        headers = HeaderSearch(
+            hostfs=self.hostfs, configured_dir=config.profiling.kernel_headers or None
+        )
+        self.engines = EngineSet(headers.find, EngineConfig(frequency=frequency))
+        self.tasks = TaskManager(
+            self.engines,
+            self.symbolizer,
+            self.uploader,
+            resolve=self._resolve,
+            hostfs=self.hostfs,
+        )
+        self.poller = TaskPoller(self.client, self.agent_id, self.tasks)
+        self.continuous = self._continuous() if config.profiling.active else None
+        self.loops = self._loops()
+        self._stopped = threading.Event()
+        self._snapshot: list[DiscoveredProcess] | None = None
+
+    def _continuous(self) -> ContinuousProfiler:
+        settings = self.config.profiling.continuous
+        if self.config.core.host_root != "/":
+            psutil.PROCFS_PATH = self.config.core.proc_dir  # the host's /proc, not ours
+        return ContinuousProfiler(
+            ContinuousConfig(
+                meter_prefix=settings.meter_prefix,
+                fetch_interval=settings.fetch_interval,
+                check_interval=settings.check_interval,
+                execute_duration=settings.trigger.execute_duration,
+                silence_duration=settings.trigger.silence_duration,
+            ),
+            policies=BackendPolicySource(self.client),
+            triggers=BackendTriggerSink(self.client),
+            tasks=_TriggeredTasks(self.tasks),
+            meters=BackendMeterSink(self.client),
+            processes=self.reporter,
+        )
+
+    def _resolve(self, process_id: str) -> DiscoveredProcess | None:
+        return self.reporter.registered().get(process_id)
+
+    def _loops(self) -> list[PeriodicLoop]:
+        pd, prof = self.config.process_discovery, self.config.profiling
+        scan_period = pd.scanner.period if pd.scanner.active else KUBERNETES_SCAN_PERIOD
+        loops = [
+            PeriodicLoop("discovery", scan_period, self.discover),
+            PeriodicLoop("heartbeat", pd.heartbeat_period, self.heartbeat),
+        ]
+        if prof.active:
+            loops += [
+                PeriodicLoop("task-query", prof.check_interval, self.poller.poll),
+                PeriodicLoop("task-scheduler", SCHEDULER_PERIOD, self.tasks.tick),
+                PeriodicLoop("profiling-flush", prof.flush_interval, self.tasks.flush),
+            ]
+        return loops
+
+    def discover(self) -> list[DiscoveredProcess]:
+        """Scan every finder; the heartbeat reports the latest result."""
+        current: list[DiscoveredProcess] = []
+        for finder in self.finders:
+            current += finder.scan()
+        self._snapshot = current
+        return current
+
+    def heartbeat(self) -> None:
+        """Report processes (spec 4.3): new ones in full, known ones by keepAlive."""
+        current = self._snapshot
+        if current is None:  # the first heartbeat may come before the first scan
+            current = self.discover()
+        self.reporter.heartbeat(current)
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        log.info("agent %s starting, backend %s", self.agent_id, self.config.core.backend.addr)
+        if self.config.profiling.active and ensure_tracefs() is None:
+            log.warning("tracefs is not mounted and could not be: off-CPU profiling will fail")
+        for finder in self.finders:
+            finder.start()
+        for loop in self.loops:
+            loop.start()
+        if self.continuous is not None:
+            self.continuous.start()
+
+    def stop(self) -> None:
+        """Stop loops, upload what was collected, detach BPF, close the channel."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        started = time.monotonic()
+        if self.continuous is not None:
+            self.continuous.stop()
+        for loop in self.loops:
+            loop.stop()
+        for finder in self.finders:
+            finder.stop()
+        final = threading.Thread(target=self.tasks.stop_all, name="final-upload", daemon=True)
+        final.start()
+        final.join(SHUTDOWN_BUDGET)
+        if final.is_alive():
+            log.warning(
+                "final upload did not finish in %.0fs; %d messages not delivered",
+                SHUTDOWN_BUDGET,
+                self.uploader.pending,
+            )
+        self.client.close()
+        log.info("agent stopped in %.1fs", time.monotonic() - started)
+
+    def run_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        self.start()
+        stop.wait()
+        log.info("stop requested")
+        self.stop()
+
+
+class _TriggeredTasks:
+    """The continuous profiler's task starter: the agent's own task manager."""
+
+    def __init__(self, manager: TaskManager) -> None:
+        self.manager = manager
+
+    def start(
+        self,
+        task_id: str,
+        target_type: str,
+        processes: list[tuple[str, DiscoveredProcess]],
+        duration_s: int,
+    ) -> None:
+        pids = {process_id: process.pid for process_id, process in processes}
+        self.manager.run_now(task_id, target_type, pids, duration_s)
+
+
+def build_finders(config: AgentConfig, agent_id: str) -> list[ProcessFinder]:
+    """The finders the configuration activates (Kubernetes and/or the regex scanner)."""
+    builders: list[Callable[[], ProcessFinder]] = []
+    from rover.process import finders_from_config
+
+    builders += finders_from_config(config, agent_id)
+    return [build() for build in builders]

@@ -1,0 +1,198 @@
+"""`rover agent` end to end: a real agent process, the test backend, real workloads, real BPF."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import pytest
+from agent_process import scanner_env
+from backend_data import of_task, reported
+
+pytestmark = pytest.mark.bpf
+
+
+def unique_copy(workloads, name, tmp_path):
+    """The workload under a unique file name, so the regex scanner finds only it."""
+    target = tmp_path / f"{name}-{uuid.uuid4().hex[:8]}"
+    shutil.copy(workloads.build(name), target)
+    return target
+
+
+def wait_reported(fake_oap, service, timeout=20):
+    fake_oap.wait_for(lambda _: reported(fake_oap, service), timeout=timeout, what=service)
+    return reported(fake_oap, service)[0]
+
+
+def wait_task_samples(fake_oap, task_id, predicate, timeout=30):
+    fake_oap.wait_for(
+        lambda _: predicate(of_task(fake_oap, task_id)), timeout=timeout, what=f"data of {task_id}"
+    )
+    return of_task(fake_oap, task_id)
+
+
+def hot_share(samples, function):
+    total = sum(s.dump_count for s in samples)
+    hot = sum(s.dump_count for s in samples if s.user[:1] == [function])
+    return hot / total if total else 0.0
+
+
+def test_process_reported_and_on_cpu_task_uploaded(
+    fake_oap, start_agent, spawn, workloads, tmp_path
+):
+    binary = unique_copy(workloads, "hot_cpp", tmp_path)
+    process = spawn([binary])
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "e2e-svc"))
+    proc = wait_reported(fake_oap, "e2e-svc")
+    assert proc.kind == "hostProcess" and proc.pid == process.pid
+    entity = proc.entity
+    assert (entity.layer, entity.instanceName, entity.processName) == (
+        "OS_LINUX",
+        "test-instance",
+        binary.name,
+    )
+    assert sorted(entity.labels) == ["team-a", "tier-1"]
+    assert proc.properties["support_ebpf_profiling"] == "true"
+    assert proc.properties["pid"] == str(process.pid)
+    assert binary.name in proc.properties["command_line"]
+
+    task = fake_oap.add_task(proc.process_id, target_type="ON_CPU", duration_s=4)
+    data = wait_task_samples(fake_oap, task.task_id, lambda s: sum(x.dump_count for x in s) > 150)
+    assert {s.process_id for s in data} == {proc.process_id}
+    assert len({s.start_ms for s in data}) == 1
+    assert hot_share(data, "ns::Worker::spin()") > 0.5
+    # keepAlive keeps coming for the known process
+    fake_oap.wait_for_calls("keepAlive", count=2, timeout=10)
+    code, took = agent.stop()
+    assert code == 0 and took < 10, agent.log_text()[-2000:]
+
+
+def test_off_cpu_task(fake_oap, start_agent, spawn, workloads, tmp_path):
+    binary = unique_copy(workloads, "block_c", tmp_path)
+    process = spawn([binary, "200", "10"])
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "offcpu-svc"))
+    proc = wait_reported(fake_oap, "offcpu-svc")
+    task = fake_oap.add_task(proc.process_id, target_type="OFF_CPU", duration_s=30)
+    fake_oap.wait_for(lambda _: "profiling started" in agent.log_text(), timeout=15)
+    process.send_line("go")
+    assert process.read_line(timeout=15) == "done 200"
+
+    def slept(samples):
+        return [
+            s for s in samples if s.user and "nanosleep" in s.user[0] and "block_loop" in s.user
+        ]
+
+    data = wait_task_samples(
+        fake_oap, task.task_id, lambda s: sum(x.switch_count for x in slept(s)) >= 180
+    )
+    sleeps = slept(data)
+    assert 180 <= sum(s.switch_count for s in sleeps) <= 220
+    blocked_ms = sum(s.duration_ns for s in sleeps) / 1e6
+    assert 1800 <= blocked_ms <= 2300, blocked_ms
+    assert all(s.kernel for s in sleeps)  # the kernel side of a sleep is there too
+
+
+def test_backend_absent_at_start_then_appears(fake_oap, start_agent, spawn, workloads, tmp_path):
+    binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+    spawn([binary])
+    fake_oap.stop()
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "late-svc"))
+    time.sleep(3)
+    assert agent.running()
+    fake_oap.start()
+    proc = wait_reported(fake_oap, "late-svc", timeout=30)
+    task = fake_oap.add_task(proc.process_id, duration_s=3)
+    wait_task_samples(fake_oap, task.task_id, lambda s: hot_share(s, "c_hot_spin") > 0.5)
+
+
+def test_backend_restart_mid_task_loses_nothing(fake_oap, start_agent, spawn, workloads, tmp_path):
+    binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+    spawn([binary])
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "restart-svc"))
+    proc = wait_reported(fake_oap, "restart-svc")
+    task = fake_oap.add_task(proc.process_id, duration_s=8)
+    wait_task_samples(fake_oap, task.task_id, lambda s: s)  # running and uploading
+    fake_oap.stop()
+    time.sleep(4)  # samples keep being collected while the backend is down
+    fake_oap.start()
+    # after the run (8 s at 99 Hz) every sample must have arrived: ~790, allow 20%
+    data = wait_task_samples(
+        fake_oap, task.task_id, lambda s: sum(x.dump_count for x in s) >= 0.8 * 99 * 8, timeout=40
+    )
+    total = sum(s.dump_count for s in data)
+    assert total <= 1.2 * 99 * 8, total
+    assert agent.running()
+
+
+def test_malformed_commands_do_not_stop_the_agent(
+    fake_oap, start_agent, spawn, workloads, tmp_path
+):
+    binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+    spawn([binary])
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "malformed-svc"))
+    proc = wait_reported(fake_oap, "malformed-svc")
+    now = str(int(time.time() * 1000))
+    good = {
+        "SerialNumber": "x", "TaskId": "bad", "ProcessId": proc.process_id,
+        "TaskUpdateTime": now, "TriggerType": "FIXED_TIME", "TargetType": "ON_CPU",
+        "TaskStartTime": now, "ExtensionConfigJSON": "null", "FixedTriggerDuration": "5",
+    }  # fmt: skip
+    broken = [
+        {k: v for k, v in good.items() if k != "TaskStartTime"},  # missing key
+        {**good, "TaskStartTime": "yesterday"},  # non-numeric time
+        {**good, "ExtensionConfigJSON": "{oops"},  # bad JSON
+        {**good, "TargetType": "QUANTUM"},  # unknown target type
+        {**good, "ProcessId": "not-a-process-of-ours"},  # unknown process
+    ]
+    for args in broken:
+        fake_oap.add_raw_task_command(args)
+    fake_oap.wait_for_calls("queryTasks", count=3, timeout=15)
+    assert agent.running()
+    task = fake_oap.add_task(proc.process_id, duration_s=3)
+    fake_oap.add_raw_task_command({**good, "TaskId": task.task_id})  # a duplicate of it
+    data = wait_task_samples(fake_oap, task.task_id, lambda s: hot_share(s, "c_hot_spin") > 0.5)
+    assert len({s.start_ms for s in data}) == 1  # the duplicate did not start a second run
+    log = agent.log_text()
+    for needle in ("missing argument", "not an integer", "not JSON", "unknown TargetType"):
+        assert needle in log
+    assert "Traceback" not in log
+
+
+def test_process_dying_mid_task_keeps_agent_running(
+    fake_oap, start_agent, spawn, workloads, tmp_path
+):
+    binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+    victim = spawn([binary])
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "dying-svc"))
+    proc = wait_reported(fake_oap, "dying-svc")
+    task = fake_oap.add_task(proc.process_id, duration_s=30)
+    wait_task_samples(fake_oap, task.task_id, lambda s: s)
+    victim.stop()
+    time.sleep(3)
+    assert agent.running()
+    assert "Traceback" not in agent.log_text()
+    assert hot_share(of_task(fake_oap, task.task_id), "c_hot_spin") > 0.5
+
+
+def test_sigterm_flushes_collected_data_and_exits_0(
+    fake_oap, start_agent, spawn, workloads, tmp_path
+):
+    binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+    spawn([binary])
+    env = scanner_env(fake_oap.addr, binary.name, "term-svc", ROVER_PROFILING_FLUSH_INTERVAL="1m")
+    agent = start_agent(env)
+    proc = wait_reported(fake_oap, "term-svc")
+    task = fake_oap.add_task(proc.process_id, duration_s=600)
+    fake_oap.wait_for(lambda _: "profiling started" in agent.log_text(), timeout=15)
+    time.sleep(2)
+    assert of_task(fake_oap, task.task_id) == []  # nothing flushed yet (1 min interval)
+    code, took = agent.stop()
+    assert code == 0 and took < 10
+    assert hot_share(of_task(fake_oap, task.task_id), "c_hot_spin") > 0.5
+
+
+def test_bad_configuration_stops_start_up_naming_key(start_agent, tmp_path):
+    agent = start_agent({"ROVER_PROFILING_CHECK_INTERVAL": "soon"})
+    assert agent.proc.wait(timeout=20) == 2
+    assert "profiling.check_interval" in agent.log_text() and "soon" in agent.log_text()
