@@ -19,6 +19,7 @@ if TESTS_DIR not in sys.path:  # make `processes` and `workloads` importable in 
 
 import processes  # noqa: E402
 from browser import browser  # noqa: E402, F401 - the headless Chromium fixture
+from containers import cgroups, run_container  # noqa: E402, F401 - simulated containers
 from fake_k8s import fake_k8s  # noqa: E402, F401 - a fake Kubernetes API server
 from fake_oap import fake_oap  # noqa: E402, F401 - the in-repo test backend
 from workloads import build as workload_build  # noqa: E402
