@@ -336,11 +336,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from rover.agent import Agent
     from rover.backend import BackendConfigError
     from rover.process.finder import FinderConfigError
+    from rover.process.k8s_client import KubernetesConnectError
+    from rover.process.template import TemplateError
 
     try:
         agent = Agent(config)
-    except (BackendConfigError, FinderConfigError) as exc:
+    except (BackendConfigError, FinderConfigError, TemplateError) as exc:
         raise UsageError(f"configuration: {exc}") from None
+    except KubernetesConnectError as exc:
+        raise RuntimeFailure(f"Kubernetes discovery: {exc}") from None
     agent.run_until_signalled()
     return EXIT_OK
 

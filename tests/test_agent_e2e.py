@@ -196,3 +196,31 @@ def test_bad_configuration_stops_start_up_naming_key(start_agent, tmp_path):
     agent = start_agent({"ROVER_PROFILING_CHECK_INTERVAL": "soon"})
     assert agent.proc.wait(timeout=20) == 2
     assert "profiling.check_interval" in agent.log_text() and "soon" in agent.log_text()
+
+
+def test_unsupported_template_stops_start_up_naming_the_expression(start_agent):
+    agent = start_agent(
+        scanner_env(
+            "127.0.0.1:1",
+            "x",
+            "svc",
+            ROVER_PROCESS_DISCOVERY_REGEX_SCANNER_PROCESS_NAME="{{.Process.Bogus}}",
+        )
+    )
+    assert agent.proc.wait(timeout=20) == 2
+    log = agent.log_text()
+    assert "scanner.regex[0].process_name" in log and "{{.Process.Bogus}}" in log
+    assert "Traceback" not in log
+
+
+def test_kubernetes_without_api_configuration_says_what_to_do(start_agent, tmp_path):
+    agent = start_agent(
+        {
+            "ROVER_PROCESS_DISCOVERY_KUBERNETES_ACTIVE": "true",
+            "ROVER_PROCESS_DISCOVERY_KUBERNETES_NODE_NAME": "node-1",
+            "KUBECONFIG": str(tmp_path / "missing-kubeconfig"),
+        }
+    )
+    assert agent.proc.wait(timeout=20) == 1
+    log = agent.log_text()
+    assert "KUBECONFIG" in log and "Traceback" not in log
