@@ -32,13 +32,17 @@ class Frame:
 
     ``name`` is the demangled function name, or ``module+0xoffset`` when no
     symbol covers the address (``symbolized`` is then False). ``module`` is the
-    file (basename) or ``[kernel]`` / a kernel module name.
+    file (basename) or ``[kernel]`` / a kernel module name; ``file`` its full
+    path as the process saw it and ``build_id`` its GNU build id (hex), when
+    known (pprof mappings use them).
     """
 
     name: str
     kind: FrameKind = FrameKind.USER
     module: str = ""
     symbolized: bool = True
+    file: str = ""
+    build_id: str = ""
 
     @property
     def is_kernel(self) -> bool:
