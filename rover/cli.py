@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         "-o",
         help="output file; the format follows the extension: .html .svg .folded .txt "
-        "(default: rover-<type>-<pid>.html)",
+        ".pb.gz .pprof (pprof) .speedscope.json (default: rover-<type>-<pid>.html)",
     )
     prof.add_argument(
         "--value",
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel-headers", help="kernel headers directory to use if the host has none"
     )
     prof.add_argument("--host-root", default="/", help="where the host's / is mounted (default /)")
+    prof.add_argument(
+        "--unwind",
+        default="auto",
+        choices=["auto", "frame_pointer", "eh_frame"],
+        help="user stack unwinding: frame pointers in the kernel, the files' .eh_frame CFI "
+        "(code built without frame pointers), or auto: per process (default)",
+    )
     prof.add_argument("--quiet", "-q", action="store_true", help="no progress display")
 
     agent = sub.add_parser("agent", help="run the SkyWalking profiling agent (the daemon)")
@@ -75,7 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="can profiling work on this machine?")
     check.add_argument("--kernel-headers", help="kernel headers directory to consider")
     check.add_argument("--host-root", default="/", help="where the host's / is mounted")
+
+    readable = ".folded .txt .pb.gz .pprof .speedscope.json"
+    convert = sub.add_parser("convert", help="convert a profile file to another format")
+    convert.add_argument("input", help=f"profile to read: {readable}")
+    convert.add_argument(
+        "output", help="file to write; the format follows the extension (as for `rover profile`)"
+    )
+    _add_input_arguments(convert)
+
+    diff = sub.add_parser("diff", help="differential flame graph: what grew, what shrank")
+    diff.add_argument("before", help=f"the baseline profile: {readable}")
+    diff.add_argument("after", help="the profile compared with it (same formats)")
+    diff.add_argument(
+        "--output", "-o", default="rover-diff.html", help="HTML file (default: %(default)s)"
+    )
+    _add_input_arguments(diff)
     return parser
+
+
+def _add_input_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--value", help="number to show, as for `rover profile`")
+    command.add_argument("--title", help="title of the flame graph (html, svg, speedscope)")
+    command.add_argument(
+        "--input-type",
+        choices=["on-cpu", "off-cpu"],
+        help="what the numbers of folded stacks (and other tools' speedscope files) measure: "
+        "on-cpu samples (default) or off-cpu microseconds; pprof files say it themselves",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_profile(args)
         if args.command == "agent":
             return cmd_agent(args)
+        if args.command == "convert":
+            return cmd_convert(args)
+        if args.command == "diff":
+            return cmd_diff(args)
         return cmd_check(args)
     except UsageError as exc:
         print(f"rover {args.command}: error: {exc}", file=sys.stderr)
@@ -163,6 +201,7 @@ class ProfileRequest:
     value: str | None
     host_root: str
     kernel_headers: str | None
+    unwind: str = "auto"
 
 
 def validate_profile_args(args: argparse.Namespace) -> ProfileRequest:
@@ -185,14 +224,14 @@ def validate_profile_args(args: argparse.Namespace) -> ProfileRequest:
             raise UsageError(f"--pid {pid}: no such process")
     return ProfileRequest(
         pids, profile_type.value, duration, frequency, output, args.value, args.host_root,
-        args.kernel_headers,
+        args.kernel_headers, args.unwind,
     )  # fmt: skip
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     request = validate_profile_args(args)
 
-    from rover.bpf.engine import EngineConfig, ProfilerEngine
+    from rover.bpf.engine import EngineConfig
     from rover.bpf.headers import HeaderSearch, KernelHeadersNotFound
     from rover.bpf.loader import BPFLoadError
     from rover.bpf.tracefs import ensure_tracefs
@@ -201,6 +240,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from rover.symbols import Symbolizer
     from rover.tasks.runner import ProfilingRunner
     from rover.tasks.timed_run import run_for
+    from rover.unwind.modes import AutoUnwindEngine, make_engine
 
     profile_type = ProfileType(request.profile_type)
     hostfs = HostFS(request.host_root)
@@ -212,7 +252,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise RuntimeFailure(str(exc)) from None
     _status(args, f"compiling the {profile_type.value} BPF program ({headers.describe()})")
     try:
-        engine = ProfilerEngine(profile_type, headers, EngineConfig(frequency=request.frequency))
+        engine = make_engine(
+            profile_type, headers, EngineConfig(frequency=request.frequency), request.unwind,
+            hostfs=hostfs,
+        )  # fmt: skip
+        if isinstance(engine, AutoUnwindEngine):
+            engine.prepare(request.pids)  # compile what the targets need now
     except BPFLoadError as exc:
         reason = str(exc).splitlines()[0]
         raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None
@@ -318,6 +363,73 @@ class _ProgressDisplay:
             sys.stderr.write("\n")
 
 
+# -- rover convert, rover diff --------------------------------------------
+
+
+def _read_input(path: str, input_type: str | None):
+    """Read a profile file; unreadable or corrupt input is a usage error (exit 2)."""
+    from rover.export import CorruptProfile, UnsupportedFormat, read_profile
+    from rover.profile import ProfileType
+
+    profile_type = ProfileType(input_type) if input_type else None
+    try:
+        return read_profile(path, profile_type)
+    except (UnsupportedFormat, CorruptProfile) as exc:
+        raise UsageError(str(exc)) from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot read {path}: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise RuntimeFailure(f"cannot read {path}: out of memory") from None
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from rover.export import UnsupportedFormat, format_for_path, write_profile
+    from rover.export.values import select_value
+
+    try:
+        format_for_path(args.output)
+    except UnsupportedFormat as exc:
+        raise UsageError(str(exc)) from None
+    profile = _read_input(args.input, args.input_type)
+    try:
+        view = select_value(profile, args.value)
+    except ValueError as exc:
+        raise UsageError(f"--value: {exc}") from None
+    try:
+        write_profile(profile, args.output, value=args.value, title=args.title)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    total = sum(view.of(values) for _, values in profile)
+    print(f"wrote {args.output}: {len(profile)} distinct stacks, {total} {view.unit}")
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from rover.export import UnsupportedFormat, format_for_path, write_diff
+
+    try:
+        fmt = format_for_path(args.output)
+    except UnsupportedFormat as exc:
+        raise UsageError(f"--output: {exc}") from None
+    if fmt != "html":
+        raise UsageError(f"--output {args.output}: a differential flame graph is HTML (.html)")
+    before = _read_input(args.before, args.input_type)
+    after = _read_input(args.after, args.input_type)
+    names = (os.path.basename(args.before), os.path.basename(args.after))
+    try:
+        write_diff(before, after, args.output, value=args.value, title=args.title, names=names)
+    except UnsupportedFormat as exc:
+        raise UsageError(f"--output: {exc}") from None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.output}: {names[1]} compared with {names[0]}")
+    return EXIT_OK
+
+
 # -- rover agent -----------------------------------------------------------
 
 
@@ -335,6 +447,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     from rover.agent import Agent
     from rover.backend import BackendConfigError
+    from rover.health import HealthAddressError
     from rover.process.finder import FinderConfigError
     from rover.process.k8s_client import KubernetesConnectError
     from rover.process.template import TemplateError
@@ -345,6 +458,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise UsageError(f"configuration: {exc}") from None
     except KubernetesConnectError as exc:
         raise RuntimeFailure(f"Kubernetes discovery: {exc}") from None
+    except HealthAddressError as exc:
+        raise RuntimeFailure(str(exc)) from None
     agent.run_until_signalled()
     return EXIT_OK
 

@@ -5,6 +5,10 @@ Run after editing a .proto file and commit the result:
 
     .venv/bin/python scripts/gen_protos.py
 
+pprof's profile.proto (protos/pprof/) is not part of the SkyWalking protocol: it
+is generated on its own into rover/export/pprof_pb/ (see :func:`generate_pprof`),
+and tests/test_export_pprof_stubs.py checks that copy.
+
 protoc emits imports relative to the proto root (``from common import
 Command_pb2``), which only work with that root on sys.path; they are rewritten
 to package imports (``from rover.backend.proto.common import Command_pb2``) so
@@ -25,6 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "protos"
 DEFAULT_OUT = REPO / "rover" / "backend" / "proto"
 PACKAGE = "rover.backend.proto"
+PPROF_DIR = "pprof"  # under PROTO_ROOT
+PPROF_OUT = REPO / "rover" / "export" / "pprof_pb"
+PPROF_PACKAGE = "rover.export.pprof_pb"
 
 # Generated code is neither formatted nor linted: it is rewritten on every run.
 HEADER = "# ruff: noqa\n# fmt: off\n"
@@ -37,28 +44,35 @@ _IMPORT = re.compile(
 
 
 def proto_files(root: Path = PROTO_ROOT) -> list[str]:
-    """Every .proto under ``root``, relative to it, in a stable order."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.proto"))
+    """Every .proto under ``root``, relative to it, in a stable order (pprof's apart)."""
+    files = (p.relative_to(root).as_posix() for p in root.rglob("*.proto"))
+    return sorted(f for f in files if not f.startswith(f"{PPROF_DIR}/"))
 
 
-def _rewrite(text: str, local_modules: set[str]) -> str:
+def _rewrite(text: str, local_modules: set[str], package: str = PACKAGE) -> str:
     def package_import(match: re.Match[str]) -> str:
         module, name = match.group(1), match.group(2)
         if module.split(".")[0] not in local_modules:
             return match.group(0)  # google.protobuf and the like
-        return f"from {PACKAGE}.{module} import {name}"
+        return f"from {package}.{module} import {name}"
 
     text = _IMPORT.sub(package_import, text)
     # the module name protoc records for the message classes (their __module__)
     text = re.sub(
         r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')([\w.]+_pb2')",
-        lambda m: f"{m.group(1)}{PACKAGE}.{m.group(2)}",
+        lambda m: f"{m.group(1)}{package}.{m.group(2)}",
         text,
     )
     return HEADER + text
 
 
-def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
+def generate_pprof(out_dir: Path = PPROF_OUT) -> list[Path]:
+    """Generate pprof's profile_pb2 into ``out_dir`` (the package rover.export.pprof_pb)."""
+    root = PROTO_ROOT / PPROF_DIR
+    return generate(out_dir, root, package=PPROF_PACKAGE)
+
+
+def generate(out_dir: Path, proto_root: Path = PROTO_ROOT, package: str = PACKAGE) -> list[Path]:
     """Generate the stubs into ``out_dir`` (replacing its contents); returns the files written."""
     from grpc_tools import protoc  # a test/dev dependency only
 
@@ -92,7 +106,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
                 continue
             dst = out_dir / src.relative_to(raw)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(_rewrite(text, local_modules))
+            dst.write_text(_rewrite(text, local_modules, package))
             written.append(dst)
 
     for package_dir in [out_dir, *sorted(p for p in out_dir.rglob("*") if p.is_dir())]:
@@ -108,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     written = generate(args.out)
     print(f"wrote {len(written)} files to {args.out}")
+    written = generate_pprof()
+    print(f"wrote {len(written)} files to {PPROF_OUT}")
     return 0
 
 

@@ -40,22 +40,28 @@ def test_sample_count_matches_frequency_times_duration(workloads, spawn, tmp_pat
     """Samples = frequency x seconds on CPU, within 20%.
 
     On an idle machine the busy loop is on CPU for the whole duration; when
-    other work shares the cores, the loop's measured CPU share scales the
-    expectation, so the test checks sampling accuracy, not the machine's load.
+    other work shares the cores, the loop's CPU share measured over the
+    profiling window (first progress line to exit) scales the expectation, so
+    the test checks sampling accuracy, not the machine's load.
     """
     process = spawn([workloads.build("hot_c_fp")])
     out = tmp_path / "count.folded"
-    cpu_before, wall_before = cpu_seconds(process.pid), time.monotonic()
-    result = rover(
+    proc = start_rover(
         "profile", "--pid", str(process.pid), "--duration", "5s", "--frequency", "99",
         "--output", str(out),
     )  # fmt: skip
-    share = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - wall_before)
-    assert result.returncode == 0, result.stderr
+    try:
+        wait_for_stderr_line(proc, "profiling:")
+        cpu_before, wall_before = cpu_seconds(process.pid), time.monotonic()
+        stdout, stderr = proc.communicate(timeout=60)
+        share = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - wall_before)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
     samples = sum(n for _, n in folded_stacks(out))
     expected = 99 * 5 * min(1.0, share)
     assert abs(samples - expected) <= 0.2 * expected, (samples, share)
-    assert "samples" in result.stdout
+    assert "samples" in stdout
 
 
 def test_frame_pointer_build_names_the_whole_chain(workloads, spawn, tmp_path):

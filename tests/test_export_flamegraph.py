@@ -176,6 +176,49 @@ def test_search_highlights_and_sums_matches(browser, tmp_path):
 
 
 @pytest.mark.browser
+def test_icicle_toggle_flips_the_layout(browser, tmp_path):
+    open_page(browser, write_hot_html(tmp_path))
+    chart = browser.find_element(By.ID, "flamegraph")
+    toggle = browser.find_element(By.ID, "invert")
+    assert chart.get_attribute("data-layout") == "flame"
+    assert toggle.get_attribute("aria-pressed") == "false"
+
+    def rows() -> tuple[float, float, float]:
+        """Top edges of the root, a caller and its callee, relative to the chart."""
+        top = chart.rect["y"]
+        return tuple(find_frame(browser, n).rect["y"] - top for n in ("all", "main", HOT_NAME))
+
+    root, main, hot = rows()
+    assert root > main > hot  # flame graph: root at the bottom, callees above
+    assert root + find_frame(browser, "all").rect["height"] == pytest.approx(
+        chart.rect["height"], abs=2
+    )
+
+    toggle.click()
+    assert chart.get_attribute("data-layout") == "icicle"
+    assert toggle.get_attribute("aria-pressed") == "true"
+    root, main, hot = rows()
+    assert root == pytest.approx(0, abs=1)  # icicle: root at the top, callees below
+    assert root < main < hot
+    screenshot(browser, "flamegraph_icicle.png")
+
+    # Zoom, search and hover work the same way in the icicle layout.
+    find_frame(browser, HOT_NAME).click()
+    assert find_frame(browser, HOT_NAME).rect["width"] / chart_width(browser) > 0.99
+    assert find_frame(browser, "cold_path") is None
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    assert chart.get_attribute("data-layout") == "icicle"
+    hover(browser, find_frame(browser, HOT_NAME))
+    assert "800 samples" in browser.find_element(By.ID, "details").text
+
+    toggle.click()
+    assert chart.get_attribute("data-layout") == "flame"
+    root, main, _ = rows()
+    assert root > main
+    assert page_errors(browser) == []
+
+
+@pytest.mark.browser
 def test_html_is_offline_and_escapes_names(browser, tmp_path):
     profile = hot_profile()
     profile.processes[100].name = "busy <&> 'proc'"

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 import rover.export.atomic
-from rover.export import UnsupportedFormat, format_for_path, read_folded, write_profile
+from rover.export import (
+    UnsupportedFormat,
+    format_for_path,
+    read_folded,
+    read_profile,
+    write_profile,
+)
 from rover.export.folded import parse_folded
 from rover.profile import Frame, FrameKind, ProcessInfo, Profile, ProfileType
 
@@ -138,25 +144,78 @@ def test_parse_skips_blank_lines_and_reports_bad_ones():
         ("out.html", "html"),
         ("OUT.HTM", "html"),
         ("/tmp/x/out.svg", "svg"),
+        ("out.pb.gz", "pprof"),
+        ("OUT.PB.GZ", "pprof"),
+        ("cpu.pprof", "pprof"),
+        ("dir.pb.gz/out.folded", "folded"),
+        ("out.speedscope.json", "speedscope"),
+        ("/tmp/x.y/run.1.speedscope.json", "speedscope"),
     ],
 )
 def test_format_for_path(path, fmt):
     assert format_for_path(path) == fmt
 
 
-@pytest.mark.parametrize("path", ["out.pb.gz", "out.json", "out", "out.html.bak"])
+@pytest.mark.parametrize(
+    "path", ["out.gz", "out.pb", "out.json", "out", "out.html.bak", ".pb.gz", "speedscope.json"]
+)
 def test_unsupported_format(path):
     with pytest.raises(UnsupportedFormat) as error:
         format_for_path(path)
     assert isinstance(error.value, ValueError)
-    for extension in (".folded", ".txt", ".html", ".htm", ".svg"):
+    for extension in (".folded", ".txt", ".html", ".htm", ".svg", ".pb.gz", ".speedscope.json"):
         assert extension in str(error.value)
 
 
 def test_write_unsupported_format_creates_nothing(tmp_path):
     with pytest.raises(UnsupportedFormat):
-        write_profile(on_cpu_profile(), str(tmp_path / "p.pprof"))
+        write_profile(on_cpu_profile(), str(tmp_path / "p.json"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_folded_as_a_profile(tmp_path):
+    path = tmp_path / "p.folded"
+    write_profile(on_cpu_profile(), str(path))
+    profile = read_profile(str(path))
+    assert profile.type is ProfileType.ON_CPU
+    assert [vt.type for vt in profile.value_types] == ["samples"]
+    stacks = {(key.pid, tuple(f.name for f in key.frames)): v for key, v in profile}
+    busy = profile_pid(profile, "busy")
+    assert stacks[(busy, ("_start", "main", "c_hot_spin"))] == [800]
+    assert stacks[(4242, ("no_process_info",))] == [1]  # a numeric process is its pid
+    assert busy < 0  # other processes get stand-in pids, never shown
+    write = next(k for k in profile.samples if k.frames[-1].name == "ksys_write")
+    assert [f.kind for f in write.frames[-2:]] == [FrameKind.KERNEL, FrameKind.KERNEL]
+    assert write.frames[-1].module == "[kernel]"
+    assert write_and_read(profile, tmp_path / "again.folded") == ON_CPU_FOLDED
+
+
+def test_read_folded_off_cpu_is_microseconds(tmp_path):
+    path = tmp_path / "off.folded"
+    write_profile(off_cpu_profile(), str(path))
+    profile = read_profile(str(path), ProfileType.OFF_CPU)
+    assert profile.value_types[0].type == "off_cpu"
+    assert profile.total() == 2500 * 1000  # kept in nanoseconds
+    assert write_and_read(profile, tmp_path / "again.folded") == path.read_text()
+
+
+def test_unsymbolized_folded_frames_are_recognized():
+    from rover.export.names import frame_from_folded
+
+    frame = frame_from_folded("busy+0x1234")
+    assert (frame.symbolized, frame.module) == (False, "busy")
+    kernel = frame_from_folded("[kernel]+0xffffffff8100_[k]")
+    assert (kernel.kind, kernel.symbolized, kernel.name) == (
+        FrameKind.KERNEL,
+        False,
+        "[kernel]+0xffffffff8100",
+    )
+    assert frame_from_folded("[unknown]").symbolized is False
+    assert frame_from_folded("operator+(int)").symbolized is True
+
+
+def profile_pid(profile: Profile, name: str) -> int:
+    return next(pid for pid, info in profile.processes.items() if info.name == name)
 
 
 def test_missing_directory_raises_oserror(tmp_path):

@@ -6,11 +6,13 @@ are left out (see :func:`rover.export.tree.prune`), so the file size depends on
 the shape of the profile, not on the number of samples.
 
 Hooks that tests and people can rely on: ``#title``, ``#summary``, ``#legend``,
-``#reset-zoom``, ``#search``, ``#search-result``, ``#details`` (hover text),
-``#flamegraph`` (``data-rendered``: frames drawn, ``data-zoomed``: name of the
-zoomed frame) holding one ``div.frame`` per drawn frame with ``data-name``,
-``data-kind``, ``data-value`` and ``data-depth``; the data is in
-``script#profile-data``.
+``#reset-zoom``, ``#invert`` (flame/icicle toggle, ``aria-pressed``), ``#search``,
+``#search-result``, ``#details`` (hover text), ``#flamegraph`` (``data-rendered``:
+frames drawn, ``data-zoomed``: name of the zoomed frame, ``data-layout``:
+``flame`` or ``icicle``) holding one ``div.frame`` per drawn frame with
+``data-name``, ``data-kind``, ``data-value`` and ``data-depth`` (plus
+``data-before`` and ``data-after`` in a differential graph, see
+:mod:`rover.export.diff`); the data is in ``script#profile-data``.
 """
 
 from __future__ import annotations
@@ -72,13 +74,26 @@ def render_html(
     min_fraction: float = DEFAULT_MIN_FRACTION,
 ) -> str:
     tree = build_tree(profile, view, min_fraction)
+    legend = [(category, label, legend_color(category)) for category, label in LEGEND]
+    return render_page(
+        title or default_title(profile),
+        summary_items(profile, view, tree),
+        legend,
+        flamegraph_data(tree, view),
+    )
+
+
+def render_page(
+    title: str, summary: list[SummaryItem], legend: list[tuple[str, str, str]], data: dict
+) -> str:
+    """The page around a flame graph's data; ``legend`` is (kind, label, colour) keys."""
     fields = {
-        "title": html.escape(title or default_title(profile)),
-        "summary": _summary_html(summary_items(profile, view, tree)),
-        "legend": _legend_html(),
+        "title": html.escape(title),
+        "summary": _summary_html(summary),
+        "legend": _legend_html(legend),
         "css": _asset("flamegraph.css", forbidden="</style"),
         "js": _asset("flamegraph.js", forbidden="</script"),
-        "data": script_json(flamegraph_data(tree, view)),
+        "data": script_json(data),
     }
     # One pass, so text substituted in is never scanned for placeholders again.
     return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], _asset("flamegraph.html"))
@@ -92,12 +107,12 @@ def _summary_html(items: list[SummaryItem]) -> str:
     )
 
 
-def _legend_html() -> str:
+def _legend_html(legend: list[tuple[str, str, str]]) -> str:
     return "".join(
-        f'<span class="key" data-kind="{category}">'
-        f'<span class="swatch" style="background:{legend_color(category)}"></span>'
+        f'<span class="key" data-kind="{kind}">'
+        f'<span class="swatch" style="background:{color}"></span>'
         f"{html.escape(label)}</span>"
-        for category, label in LEGEND
+        for kind, label, color in legend
     )
 
 

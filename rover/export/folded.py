@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from rover.export.names import folded_frame, folded_name, process_name
+from rover.export.names import folded_frame, folded_name, frame_from_folded, process_name
+from rover.export.readback import FOLDED_VALUE, CorruptProfile, ProcessNumbering
 from rover.export.values import ValueView
-from rover.profile import Profile
+from rover.profile import Frame, Profile, ProfileType
 
 
 def folded_lines(profile: Profile, view: ValueView) -> list[str]:
@@ -36,7 +37,8 @@ def render_folded(profile: Profile, view: ValueView) -> str:
 def parse_folded(lines: Iterable[str], source: str = "<folded>") -> list[tuple[list[str], int]]:
     """Parse folded lines into (frames root first, value); blank lines are skipped.
 
-    Raises ValueError naming ``source`` and the line number of a malformed line.
+    Raises ValueError (:class:`CorruptProfile`) naming ``source`` and the line
+    number of a malformed line.
     """
     stacks: list[tuple[list[str], int]] = []
     for lineno, raw in enumerate(lines, 1):
@@ -49,7 +51,9 @@ def parse_folded(lines: Iterable[str], source: str = "<folded>") -> list[tuple[l
         except ValueError:
             value = None
         if not stack or value is None:
-            raise ValueError(f"{source}:{lineno}: expected 'frame;frame;... value', got {line!r}")
+            raise CorruptProfile(
+                f"{source}:{lineno}: expected 'frame;frame;... value', got {line!r:.200}"
+            )
         stacks.append((stack.split(";"), value))
     return stacks
 
@@ -58,3 +62,27 @@ def read_folded(path: str) -> list[tuple[list[str], int]]:
     """Read a folded-stacks file (see :func:`parse_folded`)."""
     with open(path, encoding="utf-8") as f:
         return parse_folded(f, source=path)
+
+
+def profile_from_folded(
+    stacks: Iterable[tuple[list[str], int]], profile_type: ProfileType = ProfileType.ON_CPU
+) -> Profile:
+    """A profile of folded stacks: the first field is the process, ``_[k]`` marks kernel frames.
+
+    The one column of numbers is read as the type's usual folded value (see
+    :data:`~rover.export.readback.FOLDED_VALUE`): sample counts for on-CPU,
+    microseconds blocked for off-CPU.
+    """
+    value_type, scale = FOLDED_VALUE[profile_type]
+    profile = Profile(profile_type, (value_type,))
+    processes = ProcessNumbering(profile)
+    known: dict[str, Frame] = {}  # the same names come back on every line
+    for fields, value in stacks:
+        frames = []
+        for field in fields[1:]:
+            frame = known.get(field)
+            if frame is None:
+                frame = known[field] = frame_from_folded(field)
+            frames.append(frame)
+        profile.add(processes.pid(fields[0]), tuple(frames), [value * scale])
+    return profile

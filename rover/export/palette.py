@@ -29,6 +29,20 @@ LEGEND = (
 
 MATCH_COLOR = "#d24ee6"  # search hits, flamegraph.pl's magenta
 
+# Differential graphs: a frame is mixed from "same" towards "grew" or "shrank"
+# in proportion to its change (flamegraph.pl's difffolded convention: red
+# hotter, blue colder).
+DIFF_COLORS = {
+    "grew": (215, 40, 30),
+    "shrank": (40, 90, 215),
+    "same": (228, 228, 220),
+}
+DIFF_LEGEND = (("grew", "grew"), ("shrank", "shrank"), ("same", "unchanged"))
+
+
+def rgb_hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
 
 def frame_color(category: str, name: str) -> str:
     """``#rrggbb`` for a frame, stable for a given category and name."""

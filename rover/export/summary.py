@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rover.export.names import process_name
+from rover.export.names import process_label
 from rover.export.tree import FlameTree
 from rover.export.values import ValueView
 from rover.profile import Profile, ProfileType
@@ -73,7 +73,7 @@ def _processes_text(profile: Profile) -> str:
     pids = sorted({key.pid for key in profile.samples})
     if not pids:
         return "none"
-    shown = [f"{process_name(profile, pid)} ({pid})" for pid in pids[:_MAX_PROCESSES]]
+    shown = [process_label(profile, pid) for pid in pids[:_MAX_PROCESSES]]
     if len(pids) > _MAX_PROCESSES:
         shown.append(f"and {len(pids) - _MAX_PROCESSES} more")
     return ", ".join(shown)

@@ -46,7 +46,7 @@ def select_value(profile: Profile, value: str | None = None) -> ValueView:
 
     Raises ValueError naming the valid choices when the profile has no such value.
     """
-    name = value if value is not None else DEFAULT_VALUE[profile.type]
+    name = value if value is not None else _default_value(profile)
     for index, value_type in enumerate(profile.value_types):
         if value_type.type == name:
             unit, divisor = _DISPLAY.get(name, _fallback_display(value_type.type, value_type.unit))
@@ -55,6 +55,13 @@ def select_value(profile: Profile, value: str | None = None) -> ValueView:
     raise ValueError(
         f"unknown value {name!r} for an {profile.type.value} profile; choose one of: {choices}"
     )
+
+
+def _default_value(profile: Profile) -> str:
+    """The type's usual value; else (profiles read from other tools' files) the first one."""
+    names = [vt.type for vt in profile.value_types]
+    default = DEFAULT_VALUE[profile.type]
+    return default if default in names or not names else names[0]
 
 
 def _fallback_display(type_name: str, unit: str) -> tuple[str, int]:

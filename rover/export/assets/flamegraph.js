@@ -1,9 +1,16 @@
 // Flame graph viewer: lays out the tree embedded in #profile-data.
 // Data: {frames: [[name, category, module, colour]],
 //        nodes: [frame, value, depth, ...] (pre-order triples, root first),
-//        unit, nsPerUnit, matchColor}.
+//        unit, nsPerUnit, matchColor,
+//        diff (differential graphs only): {before: [...], after: [...] (each node's
+//          value in either profile, in node order), beforeTotal, afterTotal,
+//          maxChange, colors: {grew, shrank, same}}}.
+// In a differential graph a node's value is its width: its share of the
+// before total plus its share of the after total; the colour is the change.
 // Every frame is a div.frame in #flamegraph carrying data-name (full name),
-// data-kind (root, process, user, kernel, unsymbolized), data-value, data-depth.
+// data-kind (root, process, user, kernel, unsymbolized), data-value, data-depth
+// (and data-before, data-after in a differential graph). #flamegraph's
+// data-layout is "flame" (root at the bottom) or "icicle" (root at the top).
 (function () {
   "use strict";
 
@@ -15,14 +22,17 @@
   var chart = document.getElementById("flamegraph");
   var details = document.getElementById("details");
   var resetButton = document.getElementById("reset-zoom");
+  var invertButton = document.getElementById("invert");
   var searchInput = document.getElementById("search");
   var searchResult = document.getElementById("search-result");
 
+  var diff = data.diff || null;
   var maxDepth = 0;
   var nodes = build(data.nodes);
   var root = nodes[0];
   var zoomed = root;
   var matches = null; // Set of matching nodes while searching
+  var inverted = false; // icicle: root at the top, callees below
   var elementNode = new WeakMap();
 
   function build(flat) {
@@ -43,6 +53,11 @@
       if (parent) {
         parent.children.push(node);
         parent.nextX += node.value;
+      }
+      if (diff) {
+        node.before = diff.before[all.length];
+        node.after = diff.after[all.length];
+        node.color = diffColor(node);
       }
       path[depth] = node;
       if (depth > maxDepth) maxDepth = depth;
@@ -77,11 +92,48 @@
     return whole > 0 ? (100 * part / whole).toFixed(2) + "%" : "0.00%";
   }
 
+  // --- differential colours ---------------------------------------------------
+
+  function share(value, total) { return total > 0 ? value / total : 0; }
+
+  // How much of its profile's total a node gained (> 0) or lost (< 0).
+  function change(node) {
+    return share(node.after, diff.afterTotal) - share(node.before, diff.beforeTotal);
+  }
+
+  function mix(from, to, t) {
+    return from.map(function (c, i) { return Math.round(c + (to[i] - c) * t); });
+  }
+
+  // Neutral for no change, fully red (grew) or blue (shrank) at the largest change.
+  function diffColor(node) {
+    var delta = change(node);
+    var t = diff.maxChange > 0 ? Math.min(1, Math.abs(delta) / diff.maxChange) : 0;
+    var rgb = mix(diff.colors.same, delta >= 0 ? diff.colors.grew : diff.colors.shrank, t);
+    // Black text stops being readable on the saturated end.
+    var luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
+    node.textColor = luminance < 110 ? "#fff" : "";
+    return "rgb(" + rgb.join(", ") + ")";
+  }
+
+  function changeText(node) {
+    var points = 100 * change(node);
+    var text = (points >= 0 ? "+" : "\u2212") + Math.abs(points).toFixed(2) + " pp";
+    if (node.before > 0) {
+      var ratio = share(node.after, diff.afterTotal) / share(node.before, diff.beforeTotal) - 1;
+      text += " (" + (ratio >= 0 ? "+" : "\u2212") + Math.abs(100 * ratio).toFixed(0) + "%)";
+    } else if (node.after > 0) {
+      text += " (new)";
+    }
+    return text;
+  }
+
   // --- layout ---------------------------------------------------------------
 
-  // Classic flame graph: root at the bottom. An icicle view would only change this.
+  // Flame graph: root at the bottom; icicle: root at the top.
   function placeRow(element, depth) {
-    element.style.bottom = depth * ROW + "px";
+    if (inverted) element.style.top = depth * ROW + "px";
+    else element.style.bottom = depth * ROW + "px";
   }
 
   function frameElement(node, leftPct, widthPct, widthPx, extraClass) {
@@ -89,12 +141,18 @@
     el.className = extraClass ? "frame " + extraClass : "frame";
     el.style.left = leftPct + "%";
     el.style.width = widthPct + "%";
-    el.style.background = matches && matches.has(node) ? data.matchColor : node.color;
+    var matched = matches && matches.has(node);
+    el.style.background = matched ? data.matchColor : node.color;
+    if (node.textColor && !matched) el.style.color = node.textColor;
     placeRow(el, node.depth);
     el.dataset.name = node.name;
     el.dataset.kind = node.kind;
     el.dataset.value = String(node.value);
     el.dataset.depth = String(node.depth);
+    if (diff) {
+      el.dataset.before = String(node.before);
+      el.dataset.after = String(node.after);
+    }
     if (widthPx >= LABEL_MIN_PX) el.textContent = node.name;
     elementNode.set(el, node);
     return el;
@@ -138,6 +196,13 @@
     resetButton.disabled = zoomed === root;
   }
 
+  function setInverted(value) {
+    inverted = value;
+    chart.dataset.layout = inverted ? "icicle" : "flame";
+    invertButton.setAttribute("aria-pressed", String(inverted));
+    render();
+  }
+
   function zoom(node) {
     zoomed = node;
     render();
@@ -152,11 +217,23 @@
     return el;
   }
 
+  function diffParts(node) {
+    return [span("before", "before " + valueText(node.before) + " (" +
+        percent(node.before, diff.beforeTotal) + ")"), span("sep", " · "),
+      span("after", "after " + valueText(node.after) + " (" +
+        percent(node.after, diff.afterTotal) + ")"), span("sep", " · "),
+      span("change", changeText(node))];
+  }
+
   function showDetails(node) {
-    var parts = [span("name", node.name), span("sep", " — "),
-      span("value", valueText(node.value)), span("sep", " · "),
-      span("percent", percent(node.value, root.value) + " of total")];
-    if (zoomed !== root && node.depth >= zoomed.depth) { // not for the callers above
+    var parts = [span("name", node.name), span("sep", " — ")];
+    if (diff) {
+      parts = parts.concat(diffParts(node));
+    } else {
+      parts.push(span("value", valueText(node.value)), span("sep", " · "),
+        span("percent", percent(node.value, root.value) + " of total"));
+    }
+    if (!diff && zoomed !== root && node.depth >= zoomed.depth) { // not for the callers above
       parts.push(span("sep", " · "), span("percent-zoomed",
         percent(node.value, zoomed.value) + " of zoomed frame"));
     }
@@ -188,6 +265,7 @@
     showDetails(node);
   });
   resetButton.addEventListener("click", function () { zoom(root); });
+  invertButton.addEventListener("click", function () { setInverted(!inverted); });
   document.addEventListener("keydown", function (event) {
     if (event.key === "Escape" && document.activeElement !== searchInput) zoom(root);
   });
@@ -205,12 +283,16 @@
         if (n.name.toLowerCase().indexOf(needle) >= 0) matches.add(n);
       });
       // A match inside another match is already counted by its ancestor.
-      var matched = 0;
+      var matched = 0, before = 0, after = 0;
       matches.forEach(function (n) {
         for (var a = n.parent; a; a = a.parent) if (matches.has(a)) return;
         matched += n.value;
+        if (diff) { before += n.before; after += n.after; }
       });
-      searchResult.textContent = "Matched: " + percent(matched, root.value);
+      searchResult.textContent = diff
+        ? "Matched: before " + percent(before, diff.beforeTotal) + ", after " +
+          percent(after, diff.afterTotal)
+        : "Matched: " + percent(matched, root.value);
     }
     render();
   }
@@ -230,5 +312,5 @@
     resizeTimer = setTimeout(render, 100);
   });
 
-  render();
+  setInverted(false);
 })();
