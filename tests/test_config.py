@@ -276,6 +276,8 @@ OVERRIDES: list[tuple[str, str, Callable[[AgentConfig], Any], Any]] = [
     ("ROVER_PROFILING_CHECK_INTERVAL", "30s", lambda c: c.profiling.check_interval, 30.0),
     ("ROVER_PROFILING_FLUSH_INTERVAL", "2s", lambda c: c.profiling.flush_interval, 2.0),
     ("ROVER_PROFILING_KERNEL_HEADERS", "/kh", lambda c: c.profiling.kernel_headers, "/kh"),
+    ("ROVER_PROFILING_UNWIND", "eh_frame", lambda c: c.profiling.unwind, "eh_frame"),
+    ("ROVER_PROFILING_UNWIND_STACK_BYTES", "8192", lambda c: c.profiling.unwind_stack_bytes, 8192),
     (
         "ROVER_PROFILING_TASK_ON_CPU_DUMP_PERIOD",
         "10ms",
@@ -786,3 +788,17 @@ def test_every_key_of_the_shipped_file_is_documented():
     paths = sorted(set(_key_paths(tree)))
     assert "process_discovery.kubernetes.analyzers[].filters" in paths
     assert [path for path in paths if f"`{path}`" not in docs] == []
+
+
+def test_unwind_defaults_to_auto_and_rejects_unknown_modes():
+    profiling = shipped().profiling
+    assert (profiling.unwind, profiling.unwind_stack_bytes) == ("auto", 16384)
+    assert shipped(ROVER_PROFILING_UNWIND="frame_pointer").profiling.unwind == "frame_pointer"
+    text = error_of(ROVER_PROFILING_UNWIND="dwarf")
+    assert text.startswith("profiling.unwind:") and "dwarf" in text
+
+
+@pytest.mark.parametrize("size", ["256", "40000", "1001"])
+def test_unwind_stack_bytes_is_bounded(size):
+    text = error_of(ROVER_PROFILING_UNWIND_STACK_BYTES=size)
+    assert text.startswith("profiling.unwind_stack_bytes:") and size in text

@@ -28,6 +28,7 @@ from rover.config.model import (
     ScannerConfig,
     TaskConfig,
     TriggerConfig,
+    UnwindMode,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "ProfilingConfig",
     "RegexFinderConfig",
     "ScanMode",
+    "UnwindMode",
     "ScannerAgentConfig",
     "ScannerConfig",
     "TaskConfig",

@@ -29,6 +29,7 @@ from rover.config.model import (
     ScannerConfig,
     TaskConfig,
     TriggerConfig,
+    UnwindMode,
 )
 from rover.config.reader import Section
 
@@ -44,6 +45,8 @@ _LEVELS = {
 }
 _FORMATS = {f.value: f for f in LogFormat}
 _SCAN_MODES = {m.value: m for m in ScanMode}
+_UNWIND_MODES = {m.value: m for m in UnwindMode}
+_MAX_UNWIND_STACK_BYTES = 32768
 
 # Rover features outside this agent's scope: accepted so a Rover file loads, then warned about.
 _ROVER_ONLY_TOP = {
@@ -290,11 +293,23 @@ def _profiling(s: Section) -> ProfilingConfig:
         check_interval=s.duration("check_interval", d.check_interval),
         flush_interval=s.duration("flush_interval", d.flush_interval),
         kernel_headers=s.text("kernel_headers", d.kernel_headers).strip(),
+        unwind=s.choice("unwind", d.unwind, _UNWIND_MODES),
+        unwind_stack_bytes=_unwind_stack_bytes(s, d.unwind_stack_bytes),
         task=_task(s.section("task")),
         continuous=_continuous(s.section("continuous")),
     )
     s.finish()
     return config
+
+
+def _unwind_stack_bytes(s: Section, default: int) -> int:
+    found = s.setting("unwind_stack_bytes")
+    if found is None:
+        return default
+    size = found.as_int(512)
+    if size > _MAX_UNWIND_STACK_BYTES or size % 8:
+        raise found.error(f"must be a multiple of 8 up to {_MAX_UNWIND_STACK_BYTES}, got {size}")
+    return size
 
 
 def _task(s: Section) -> TaskConfig:

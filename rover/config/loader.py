@@ -6,12 +6,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from rover._data import data_dir
 from rover.config.build import build_agent_config
 from rover.config.model import AgentConfig
 from rover.config.yaml_file import read_tree
 
-# The file shipped with the source tree: <repo>/configs/rover_configs.yaml.
-SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "rover_configs.yaml"
+# The shipped file: <repo>/configs/rover_configs.yaml, or its copy in an installed
+# package (see rover._data).
+SHIPPED_CONFIG = data_dir("configs") / "rover_configs.yaml"
 CONFIG_ENV = "ROVER_CONFIG"
 
 

@@ -20,6 +20,14 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+class UnwindMode(enum.StrEnum):
+    """``profiling.unwind``: how user stacks are unwound (see ``rover.unwind``)."""
+
+    AUTO = "auto"  # per process: eh_frame when its code lacks frame pointers
+    FRAME_POINTER = "frame_pointer"  # in the kernel, by frame pointers
+    EH_FRAME = "eh_frame"  # in user space, with the files' .eh_frame CFI
+
+
 class ScanMode(enum.StrEnum):
     """``process_discovery.scanner.mode``; only REGEX turns the host scanner on here."""
 
@@ -212,6 +220,8 @@ class ProfilingConfig:
     check_interval: float = 10.0
     flush_interval: float = 5.0
     kernel_headers: str = ""  # empty: search the host for headers
+    unwind: UnwindMode = UnwindMode.AUTO  # ours
+    unwind_stack_bytes: int = 16384  # ours: user stack copied per sample in eh_frame mode
     task: TaskConfig = field(default_factory=TaskConfig)
     continuous: ContinuousConfig = field(default_factory=ContinuousConfig)
 

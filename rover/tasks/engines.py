@@ -1,7 +1,9 @@
 """One loaded BPF program per profiling type, shared by every task.
 
 Pids are reference counted: two tasks profiling the same process share its
-filter entry, and the entry goes when the last of them stops.
+filter entry, and the entry goes when the last of them stops. ``unwind`` picks
+how user stacks are unwound (``rover.unwind.modes``): ``frame_pointer`` (the
+default), ``eh_frame`` or ``auto``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from collections.abc import Callable
 
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import KernelHeaders
+from rover.hostfs import HostFS
 from rover.profile import ProfileType
+from rover.unwind.engine import UnwindSettings
+from rover.unwind.modes import UNWIND_MODES, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +26,22 @@ log = logging.getLogger(__name__)
 class EngineSet:
     """Creates engines lazily (a compile takes a second or two) and owns their pid filters."""
 
-    def __init__(self, find_headers: Callable[[], KernelHeaders], config: EngineConfig) -> None:
+    def __init__(
+        self,
+        find_headers: Callable[[], KernelHeaders],
+        config: EngineConfig,
+        unwind: str = "frame_pointer",
+        unwind_settings: UnwindSettings | None = None,
+        hostfs: HostFS | None = None,
+    ) -> None:
+        if unwind not in UNWIND_MODES:
+            raise ValueError(f"unknown unwinding mode {unwind!r}; expected one of {UNWIND_MODES}")
         self._find_headers = find_headers
         self._headers: KernelHeaders | None = None
         self.config = config
+        self.unwind = unwind
+        self._unwind_settings = unwind_settings
+        self._hostfs = hostfs
         self._engines: dict[ProfileType, ProfilerEngine] = {}
         self._refs: dict[ProfileType, Counter[int]] = {}
         self._lock = threading.Lock()
@@ -36,8 +53,20 @@ class EngineSet:
             if engine is None:
                 if self._headers is None:
                     self._headers = self._find_headers()
-                engine = ProfilerEngine(profile_type, self._headers, self.config)
-                log.info("%s engine loaded with %s", profile_type.value, self._headers.describe())
+                engine = make_engine(
+                    profile_type,
+                    self._headers,
+                    self.config,
+                    self.unwind,
+                    self._unwind_settings,
+                    self._hostfs,
+                )
+                log.info(
+                    "%s engine (%s unwinding) loaded with %s",
+                    profile_type.value,
+                    self.unwind,
+                    self._headers.describe(),
+                )
                 self._engines[profile_type] = engine
                 self._refs[profile_type] = Counter()
             return engine

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from rover.bpf.engine import RawStack
 from rover.profile import Frame, Profile, ProfileType
 from rover.symbols import Symbolizer
+from rover.unwind.markers import TRUNCATED_FRAME, split_truncated
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,18 @@ def add_raw_stacks(
     """Symbolize the stacks of ``pids`` and add them to ``profile``.
 
     Root first: the user stack (outermost caller first), then the kernel
-    stack on top of it, as flame graphs draw a syscall above its caller.
+    stack on top of it, as flame graphs draw a syscall above its caller. A user
+    stack unwound past its copied window (eh_frame mode) starts with a
+    ``[truncated]`` frame (the engine counts those as ``unwind_truncated``).
     """
     period = profile.period_ns
     for stack in raw:
         if stack.tgid not in pids:
             continue
-        user = symbolizer.user_frames(stack.tgid, stack.user) if stack.user else []
+        addresses, truncated = split_truncated(stack.user)
+        user = symbolizer.user_frames(stack.tgid, addresses) if addresses else []
+        if truncated:
+            user.append(TRUNCATED_FRAME)
         kernel = symbolizer.kernel_frames(stack.kernel) if stack.kernel else []
         frames: tuple[Frame, ...] = (*reversed(user), *reversed(kernel))
         if not frames:
@@ -39,4 +45,5 @@ def add_raw_stacks(
         else:
             values = list(stack.values)
         profile.add(stack.tgid, frames, values)
-        profile.count("unsymbolized_frames", sum(1 for f in frames if not f.symbolized))
+        unsymbolized = sum(1 for f in frames if not f.symbolized and f is not TRUNCATED_FRAME)
+        profile.count("unsymbolized_frames", unsymbolized)

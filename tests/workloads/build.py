@@ -41,6 +41,9 @@ CALL_CHAIN: dict[str, list[str]] = {
     "hot_rust": ["hot_rust::main", "hot_rust::worker::rust_hot_spin"],
     "hot_go": ["main.main", "main.work"],
     "block_c": ["main", "block_loop", "block_sleep"],
+    "chain_c": ["main", "chain_a", "chain_b"],
+    "unwind_snapshot": ["main", "snap_a", "snap_b"],
+    "unwind_cpp": ["main", "cxx_outer()", "cxx_work()"],
 }
 
 
@@ -64,6 +67,10 @@ WORKLOADS: dict[str, Workload] = {
     ),
     "hot_go": Workload("hot_go.go", "go"),
     "block_c": Workload("block_c.c", "gcc", (*FRAME_POINTER_FLAGS, "-fno-optimize-sibling-calls")),
+    # .eh_frame unwinding (tests/test_unwind_*.py): no frame pointers anywhere.
+    "chain_c": Workload("chain_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
+    "unwind_snapshot": Workload("unwind_snapshot.c", "gcc", ("-O2", "-fomit-frame-pointer")),
+    "unwind_cpp": Workload("unwind_cpp.cpp", "g++", ("-O2", "-fomit-frame-pointer")),
 }
 
 

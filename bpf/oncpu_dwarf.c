@@ -1,0 +1,42 @@
+/* On-CPU profiling for .eh_frame unwinding: a CPU-clock perf event on every CPU;
+ * a sample of a profiled process sends its user registers, a copy of the top of
+ * its user stack and its kernel stack to user space (see unwind_common.h), which
+ * unwinds and counts it. */
+#include <uapi/linux/bpf_perf_event.h>
+#include "unwind_common.h"
+
+/* x86-64 user addresses lie below 2^47 (2^56 with 5-level paging); the kernel's above. */
+#define USER_SPACE_END (1ULL << 56)
+
+int on_cpu_sample(struct bpf_perf_event_data *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    if (tgid == 0 || !is_profiled(tgid))
+        return 0;
+    stat_add(STAT_EVENTS);
+    struct sample *s = scratch_slot();
+    if (!s)
+        return 0;
+    s->h.kind = SAMPLE_ON_CPU;
+    s->h.tgid = tgid;
+    s->h.tid = (u32)pid_tgid;
+    s->h.flags = 0;
+    s->h.seq = 0;
+    s->h.stack_bytes = 0;
+    u64 ip = ctx->regs.ip;
+    if (ip < USER_SPACE_END) { /* interrupted in user mode: these are the user regs */
+        s->h.ip = ip;
+        s->h.sp = ctx->regs.sp;
+        s->h.bp = ctx->regs.bp;
+    } else if (saved_user_regs(&s->h) != 0) {
+        s->h.ip = s->h.sp = s->h.bp = 0;
+        s->h.flags |= FLAG_NO_USER_REGS;
+        stat_add(STAT_NO_USER_REGS);
+    }
+    capture_kernel_stack(ctx, &s->h);
+    if (!(s->h.flags & FLAG_NO_USER_REGS))
+        copy_user_stack(s);
+    send_sample(s);
+    return 0;
+}

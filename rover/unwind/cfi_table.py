@@ -1,0 +1,106 @@
+"""A file's unwind rules as sorted numpy arrays, looked up by address.
+
+Built once per file from its decoded CFI rows (see ``cfi.py``); addresses are
+the file's own (ELF virtual addresses): subtract the mapping's load bias from a
+runtime address first. Gaps between FDEs are rows of kind ``NO_CFI``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rover.unwind.cfi import NO_CFI, UNKNOWN
+
+# What a lookup returns: (kind, cfa_offset, ra_offset, rbp_offset).
+Rule = tuple[int, int, int, int]
+NO_RULE: Rule = (NO_CFI, 0, 0, UNKNOWN)
+_MEMO_LIMIT = 1 << 15
+
+
+class CfiTable:
+    """Rows sorted by pc; each holds until the next one."""
+
+    __slots__ = ("pcs", "kinds", "cfa_offsets", "ra_offsets", "rbp_offsets", "source", "_memo")
+
+    def __init__(
+        self,
+        pcs: np.ndarray,
+        kinds: np.ndarray,
+        cfa_offsets: np.ndarray,
+        ra_offsets: np.ndarray,
+        rbp_offsets: np.ndarray,
+        source: str = "",
+    ) -> None:
+        self.pcs = pcs
+        self.kinds = kinds
+        self.cfa_offsets = cfa_offsets
+        self.ra_offsets = ra_offsets
+        self.rbp_offsets = rbp_offsets
+        self.source = source  # ".eh_frame" or ".debug_frame"
+        self._memo: dict[int, Rule] = {}
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[int, int, tuple[int, int, int, int]]], source: str):
+        """From ``(pc, fde_end, (kind, cfa, ra, rbp))`` rows in any order."""
+        if not rows:
+            return cls.empty(source)
+        flat = np.array([(pc, end, *state) for pc, end, state in rows], dtype=np.int64)
+        pcs, ends, states = flat[:, 0], flat[:, 1], flat[:, 2:]
+        # An FDE's end becomes a NO_CFI row, unless a row of another FDE starts there:
+        # sorting markers (priority 0) before rows (priority 1) at one pc and keeping
+        # the last of each pc lets the real row win.
+        marker_states = np.tile(np.array(NO_RULE, dtype=np.int64), (len(ends), 1))
+        all_pcs = np.concatenate([ends, pcs])
+        priority = np.concatenate([np.zeros(len(ends), np.int8), np.ones(len(pcs), np.int8)])
+        all_states = np.concatenate([marker_states, states])
+        order = np.lexsort((priority, all_pcs))
+        all_pcs, all_states = all_pcs[order], all_states[order]
+        last_of_pc = np.append(all_pcs[1:] != all_pcs[:-1], True)
+        all_pcs, all_states = all_pcs[last_of_pc], all_states[last_of_pc]
+        changed = np.append(True, np.any(all_states[1:] != all_states[:-1], axis=1))
+        all_pcs, all_states = all_pcs[changed], all_states[changed]
+        return cls(
+            all_pcs.astype(np.uint64),
+            all_states[:, 0].astype(np.uint8),
+            all_states[:, 1].astype(np.int32),
+            all_states[:, 2].astype(np.int32),
+            all_states[:, 3].astype(np.int32),
+            source,
+        )
+
+    @classmethod
+    def empty(cls, source: str = "") -> CfiTable:
+        zeros = np.zeros(0, np.int32)
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint8), zeros, zeros, zeros, source)
+
+    def __len__(self) -> int:
+        return len(self.pcs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            a.nbytes
+            for a in (self.pcs, self.kinds, self.cfa_offsets, self.ra_offsets, self.rbp_offsets)
+        )
+
+    def lookup(self, pc: int) -> Rule:
+        """The rule in effect at ``pc`` (a file address)."""
+        rule = self._memo.get(pc)
+        if rule is not None:
+            return rule
+        i = int(np.searchsorted(self.pcs, pc, side="right")) - 1 if pc >= 0 else -1
+        if i < 0:
+            rule = NO_RULE
+        else:
+            rule = (
+                int(self.kinds[i]),
+                int(self.cfa_offsets[i]),
+                int(self.ra_offsets[i]),
+                int(self.rbp_offsets[i]),
+            )
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[pc] = rule
+        return rule

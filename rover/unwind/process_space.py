@@ -1,0 +1,182 @@
+"""What the unwinder knows of each process: its executable mappings, their CFI and biases.
+
+Mappings come from ``/proc/PID/maps`` through the symbolizer's own parser and
+file locator (``rover.symbols``); a file's table is loaded the first time an
+address in it is unwound and then shared by every process mapping the file.
+A process's mappings are kept after it exits (until :meth:`forget`), so
+samples taken just before an exit still unwind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rover.hostfs import HostFS, ProcessGone
+from rover.symbols.cache import KnownBadFile, file_identity
+from rover.symbols.elf_file import ElfLoadError
+from rover.symbols.mapped_files import locate_mapped_file, read_vdso
+from rover.symbols.maps import Mapping, MappingKind, parse_maps
+from rover.unwind.cfi_table import NO_RULE, CfiTable, Rule
+from rover.unwind.tables import FileUnwindInfo, UnwindInfoCache
+
+log = logging.getLogger(__name__)
+
+_REREAD_INTERVAL = 1.0  # seconds between maps re-reads of one process for unknown addresses
+
+
+@dataclass(slots=True)
+class UnwindModule:
+    """One executable mapping; its table is loaded on first use (None: no CFI usable)."""
+
+    mapping: Mapping
+    table: CfiTable | None = None
+    bias: int = 0
+    loaded: bool = False
+
+    def rule(self, address: int) -> Rule:
+        if self.table is None:
+            return NO_RULE
+        return self.table.lookup(address - self.bias)
+
+
+@dataclass(slots=True)
+class ProcessSpace:
+    maps_text: str
+    modules: list[UnwindModule]
+    starts: list[int] = field(default_factory=list)
+    alive: bool = True
+    last_read: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.starts = [m.mapping.start for m in self.modules]
+
+    def module_at(self, address: int) -> UnwindModule | None:
+        i = bisect_right(self.starts, address) - 1
+        if i < 0 or address >= self.modules[i].mapping.end:
+            return None
+        return self.modules[i]
+
+
+class ProcessSpaces:
+    """The mappings of the profiled processes and the shared CFI tables of their files."""
+
+    def __init__(self, hostfs: HostFS | None = None, cache: UnwindInfoCache | None = None) -> None:
+        self.hostfs = hostfs or HostFS()
+        self.cache = cache or UnwindInfoCache()
+        self._spaces: dict[int, ProcessSpace] = {}
+        self._reported: set[tuple[str, int, str]] = set()
+        # Files whose CFI could not be loaded (each counted once), and loads done.
+        self.counters: dict[str, int] = {"cfi_load_errors": 0, "cfi_files_loaded": 0}
+
+    def prepare(self, pid: int) -> None:
+        """Read ``pid``'s maps now; raises :class:`ProcessGone` when it does not exist."""
+        self._read(pid)
+
+    def space(self, pid: int) -> ProcessSpace | None:
+        """The mappings of ``pid`` (read on first use), or None when they were never readable."""
+        space = self._spaces.get(pid)
+        if space is None:
+            try:
+                space = self._read(pid)
+            except (ProcessGone, OSError):
+                return None
+        return space
+
+    def module_at(self, pid: int, space: ProcessSpace, address: int) -> UnwindModule | None:
+        """The module holding ``address``; re-reads maps (rate limited) for a new library."""
+        module = space.module_at(address)
+        if module is None and space.alive and time.monotonic() - space.last_read > _REREAD_INTERVAL:
+            try:
+                space = self._read(pid)
+            except (ProcessGone, OSError):
+                space.alive = False
+                return None
+            module = space.module_at(address)
+        if module is not None and not module.loaded:
+            self._load(pid, module)
+        return module
+
+    def forget(self, pid: int) -> None:
+        self._spaces.pop(pid, None)
+
+    def pids(self) -> list[int]:
+        return list(self._spaces)
+
+    def _read(self, pid: int) -> ProcessSpace:
+        old = self._spaces.get(pid)
+        text = self.hostfs.read_text(pid, "maps")  # ProcessGone propagates
+        if old is not None and old.maps_text == text:
+            old.last_read = time.monotonic()
+            return old
+        known = {m.mapping: m for m in old.modules} if old is not None else {}
+        modules = [known.get(m) or UnwindModule(m) for m in parse_maps(text)]
+        space = self._spaces[pid] = ProcessSpace(text, modules, last_read=time.monotonic())
+        return space
+
+    def _load(self, pid: int, module: UnwindModule) -> None:
+        module.loaded = True
+        mapping = module.mapping
+        try:
+            info = self._info(pid, mapping)
+        except KnownBadFile:
+            return
+        except (OSError, ProcessGone, ElfLoadError) as exc:
+            self._report(mapping, exc)
+            return
+        except Exception as exc:  # untrusted input
+            self._report(mapping, exc)
+            return
+        if info is None:
+            return
+        size = mapping.end - mapping.start
+        module.bias = info.image.load_bias(mapping.start, mapping.offset, size)
+        module.table = info.table
+
+    def _info(self, pid: int, mapping: Mapping) -> FileUnwindInfo | None:
+        if mapping.kind is MappingKind.VDSO:
+            loads = self.cache.loads
+            info = self.cache.load(read_vdso(self.hostfs, pid, mapping), None)
+            self.counters["cfi_files_loaded"] += self.cache.loads - loads
+            return info
+        if mapping.kind is not MappingKind.FILE:
+            return None  # anonymous (JIT) or [vsyscall]: frame pointers only
+        path, st = self._locate(pid, mapping)
+        identity = file_identity(st)
+        cached = self.cache.cached(identity)
+        if cached is not None:
+            return cached
+        loads = self.cache.loads
+        with open(path, "rb") as stream:
+            info = self.cache.load(stream, identity)
+        self.counters["cfi_files_loaded"] += self.cache.loads - loads
+        return info
+
+    def _locate(self, pid: int, mapping: Mapping) -> tuple[Path, os.stat_result]:
+        """The mapped file; after the process exited, the same inode at its path on the host."""
+        try:
+            return locate_mapped_file(self.hostfs, pid, mapping)
+        except OSError:
+            if self.hostfs.exists(pid) or mapping.deleted:
+                raise
+            path = self.hostfs.host_path(mapping.path)
+            st = os.stat(path)
+            if st.st_ino != mapping.inode:
+                raise
+            return path, st
+
+    def _report(self, mapping: Mapping, exc: BaseException) -> None:
+        key = (mapping.dev, mapping.inode, mapping.path)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self.counters["cfi_load_errors"] += 1
+        log.warning(
+            "no unwind tables for %s (%s); its frames fall back to frame pointers",
+            mapping.path,
+            exc,
+        )

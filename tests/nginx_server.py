@@ -1,0 +1,98 @@
+"""Debian's nginx (package nginx-core) on a loopback port with a temporary config, and load.
+
+nginx is a Debian build: no frame pointers, its own symbols stripped except those
+exported for dynamic modules (about 570 ``ngx_*`` functions in ``.dynsym``), which is
+what makes its frames nameable. It runs as one process (``master_process off``) so
+the profiled pid is the one serving requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+NGINX = "/usr/sbin/nginx"
+_CONFIG = """
+worker_processes 1;
+master_process off;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        root {prefix}/html;
+        location / {{ index index.html; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def nginx(prefix: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A running nginx serving a 4 KiB page at http://127.0.0.1:PORT/; stopped at exit."""
+    port = free_port()
+    (prefix / "html").mkdir(parents=True, exist_ok=True)
+    (prefix / "html" / "index.html").write_text("<p>rover</p>\n" * 315)
+    config = prefix / "nginx.conf"
+    config.write_text(_CONFIG.format(prefix=prefix, port=port))
+    process = subprocess.Popen(
+        [NGINX, "-p", str(prefix), "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                stderr = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError(f"nginx did not start: {stderr}")
+            time.sleep(0.05)
+        yield process, port
+    finally:
+        process.kill()
+        process.wait()
+
+
+def load(port: int, seconds: float, connections: int = 8) -> float:
+    """Requests per second that ``wrk`` (one thread) got over ``seconds``."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (scripts/setup.sh installs it)")
+    out = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"unexpected wrk output: {out}")
+    return float(match.group(1))

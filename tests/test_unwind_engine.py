@@ -1,0 +1,204 @@
+"""The .eh_frame engine for real: BPF stack copies unwound in user space."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rover.bpf.engine import EngineConfig, ProfilerEngine
+from rover.bpf.headers import HeaderSearch
+from rover.profile import ProfileType
+from rover.symbols import Symbolizer
+from rover.unwind.engine import DwarfProfilerEngine, UnwindSettings
+from rover.unwind.markers import TRUNCATED
+from rover.unwind.modes import AutoUnwindEngine
+
+pytestmark = pytest.mark.bpf
+
+CHAIN = ["main", "chain_a", "chain_b"]
+
+
+@pytest.fixture(scope="module")
+def headers():
+    return HeaderSearch().find()
+
+
+def contains_in_order(frames: list[str], chain: list[str]) -> bool:
+    """``chain`` appears in ``frames`` (root first) as consecutive frames."""
+    n = len(chain)
+    return any(frames[i : i + n] == chain for i in range(len(frames) - n + 1))
+
+
+def profile_user(engine, pid: int, seconds: float, drains: int = 1):
+    """(root-first user frame names, count) per stack, and the drain results."""
+    symbolizer = Symbolizer()
+    symbolizer.prepare(pid)
+    engine.add_pid(pid)
+    results = []
+    for _ in range(drains):
+        time.sleep(seconds / drains)
+        results.append(engine.drain())
+    engine.remove_pid(pid)
+    results.append(engine.drain())
+    stacks = []
+    for result in results:
+        for s in result.stacks:
+            user = [a for a in s.user if a != TRUNCATED]
+            frames = [f.name for f in reversed(symbolizer.user_frames(pid, user))]
+            stacks.append((frames, s.values[0]))
+    return stacks, results
+
+
+def chain_share(stacks, chain) -> float:
+    total = sum(n for _, n in stacks)
+    return sum(n for frames, n in stacks if contains_in_order(frames, chain)) / max(1, total)
+
+
+def counter(results, name: str) -> int:
+    return sum(r.counters.get(name, 0) for r in results)
+
+
+def test_on_cpu_names_the_caller_chain_without_frame_pointers(headers, spawn, workloads):
+    busy = spawn([workloads.build("chain_c"), "cpu"])
+    config = EngineConfig(frequency=499)
+    engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, config)
+    try:
+        stacks, results = profile_user(engine, busy.pid, 2.0, drains=10)
+    finally:
+        engine.close()
+    events = counter(results, "events")
+    assert events > 300
+    # Exact counting: every sample in one drain, or counted as lost.
+    assert sum(n for _, n in stacks) + counter(results, "ringbuf_drops") == events
+    assert chain_share(stacks, CHAIN) > 0.9, stacks[:3]
+    fp = ProfilerEngine(ProfileType.ON_CPU, headers, config)
+    try:
+        fp_stacks, _ = profile_user(fp, busy.pid, 1.0)
+    finally:
+        fp.close()
+    assert chain_share(fp_stacks, CHAIN) < 0.1, fp_stacks[:3]
+
+
+def test_off_cpu_names_the_caller_chain_and_counts_every_switch(headers, spawn, workloads):
+    sleeper = spawn([workloads.build("chain_c"), "sleep", "200", "2"])
+    engine = DwarfProfilerEngine(ProfileType.OFF_CPU, headers)
+    symbolizer = Symbolizer()
+    symbolizer.prepare(sleeper.pid)
+    try:
+        engine.add_pid(sleeper.pid)
+        sleeper.send_line("go")
+        drains = []
+        for _ in range(20):
+            time.sleep(0.03)
+            drains.append(engine.drain())
+        assert sleeper.read_line(timeout=10) == "done 200"
+        sleeper.proc.wait(timeout=5)
+        time.sleep(0.05)
+        drains += [engine.drain(), engine.drain()]
+        assert engine.forget_exited_threads() >= 0
+    finally:
+        engine.close()
+    events = counter(drains, "events")
+    switches = sum(s.values[0] for d in drains for s in d.stacks)
+    lost = counter(drains, "ringbuf_drops") + counter(drains, "offcpu_unpaired")
+    assert switches + lost >= events >= switches
+    assert 200 <= events < 300
+    assert sum(s.values[1] for d in drains for s in d.stacks) >= 200 * 2_000_000
+    chained = 0
+    for d in drains:
+        for s in d.stacks:
+            frames = [f.name for f in reversed(symbolizer.user_frames(sleeper.pid, s.user))]
+            chained += s.values[0] if contains_in_order(frames, CHAIN) else 0
+    assert chained >= 200
+
+
+@pytest.mark.parametrize("name", ["hot_cpp", "hot_rust", "hot_go", "unwind_cpp"])
+def test_other_languages_keep_leaf_and_callers(headers, spawn, workloads, name):
+    process = spawn([workloads.build(name)])
+    engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499))
+    try:
+        stacks, results = profile_user(engine, process.pid, 1.5)
+    finally:
+        engine.close()
+    total = sum(n for _, n in stacks)
+    chain = workloads.call_chain(name)
+    assert total > 200
+    if name != "unwind_cpp":  # its hot loop is inlined into cxx_work: no leaf of its own
+        hot = workloads.hot_function(name)
+        assert sum(n for f, n in stacks if f[-1:] == [hot]) / total > 0.5, stacks[:3]
+    assert chain_share(stacks, chain) > 0.8, stacks[:3]
+    assert counter(results, "record_errors") == 0
+
+
+def test_small_stack_window_gives_truncated_frames(headers, spawn, workloads):
+    busy = spawn([workloads.build("chain_c"), "cpu"])
+    settings = UnwindSettings(stack_bytes=512)
+    engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499), settings)
+    try:
+        engine.add_pid(busy.pid)
+        time.sleep(1.0)
+        result = engine.drain()
+    finally:
+        engine.close()
+    truncated = sum(s.values[0] for s in result.stacks if s.user[-1:] == (TRUNCATED,))
+    assert truncated > 0
+    assert result.counters["unwind_truncated"] == truncated
+
+
+def test_full_ring_buffer_is_counted_not_silent(headers, spawn, workloads):
+    busy = spawn([workloads.build("chain_c"), "cpu"])
+    settings = UnwindSettings(ring_buffer_bytes=16384)  # room for a few samples
+    engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499), settings)
+    try:
+        with engine._ring_lock:  # a stalled consumer: the ring buffer fills up
+            engine.add_pid(busy.pid)
+            time.sleep(1.0)
+            engine.remove_pid(busy.pid)
+        # Samples in flight when a drain starts land in the next one: drain twice.
+        results = [engine.drain(), engine.drain()]
+    finally:
+        engine.close()
+    events, drops = counter(results, "events"), counter(results, "ringbuf_drops")
+    assert events > 50 and drops > events // 2
+    assert sum(s.values[0] for r in results for s in r.stacks) + drops == events
+
+
+def test_auto_picks_per_process(headers, spawn, workloads):
+    with_fp = spawn([workloads.build("hot_c_fp")])
+    without = spawn([workloads.build("chain_c"), "cpu"])
+    engine = AutoUnwindEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=199))
+    try:
+        engine.add_pid(with_fp.pid)
+        engine.add_pid(without.pid)
+        assert engine.choices[with_fp.pid].mode == "frame_pointer"
+        assert engine.choices[without.pid].mode == "eh_frame"
+        assert engine.loaded_modes() == ["eh_frame", "frame_pointer"]
+        assert engine.pids == {with_fp.pid, without.pid}
+        time.sleep(1.0)
+        result = engine.drain()
+        engine.remove_pid(without.pid)
+        assert engine.pids == {with_fp.pid}
+    finally:
+        engine.close()
+    assert {s.tgid for s in result.stacks} == {with_fp.pid, without.pid}
+    assert engine.closed
+
+
+@pytest.mark.parametrize("unwind", ["eh_frame", "auto", "frame_pointer"])
+def test_cli_unwind_option(spawn, workloads, tmp_path, unwind):
+    from rover_cli import folded_stacks, rover, user_frames
+
+    busy = spawn([workloads.build("chain_c"), "cpu"])
+    out = tmp_path / "chain.folded"
+    result = rover(
+        "profile", "--pid", str(busy.pid), "--duration", "2s", "--frequency", "199",
+        "--unwind", unwind, "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stacks = [(user_frames(frames), n) for frames, n in folded_stacks(out)]
+    share = chain_share(stacks, CHAIN)
+    if unwind == "frame_pointer":
+        assert share < 0.1
+    else:  # auto picks eh_frame for this binary
+        assert share > 0.8, stacks[:3]
