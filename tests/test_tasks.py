@@ -141,8 +141,13 @@ def test_task_profiles_uploads_and_stops_after_its_duration(engines, spawn, work
     assert manager.apply(task)
     assert manager.apply(task)  # the same task again is not run twice
     assert len(manager.runs()) == 1
-    run_until(manager, 3.5)
-    assert manager.runs() == []  # finished after 2 s
+    started = time.monotonic()
+    run_until(manager, 1.5)
+    assert manager.runs()[0].state == "running"  # not before its 2 s are over
+    deadline = started + 15
+    while manager.runs() and time.monotonic() < deadline:
+        run_until(manager, 0.25)
+    assert manager.runs() == []  # finished once its 2 s were over
     leaves = uploader.leaf_names("t1")
     assert leaves.count("c_hot_spin") > 0.5 * len(leaves) > 50
     starts = {start for _, _, start, _ in uploader.added}
