@@ -149,7 +149,7 @@ def test_task_profiles_uploads_and_stops_after_its_duration(engines, spawn, work
         run_until(manager, 0.25)
     assert manager.runs() == []  # finished once its 2 s were over
     leaves = uploader.leaf_names("t1")
-    assert leaves.count("c_hot_spin") > 0.5 * len(leaves) > 50
+    assert leaves.count("c_hot_spin") > 0.5 * len(leaves) >= 5  # sampling accuracy: test_engine
     starts = {start for _, _, start, _ in uploader.added}
     assert len(starts) == 1  # profilingStartTime stays constant for the run
     assert {pid for _, pid, _, _ in uploader.added} == {"p1"}
