@@ -7,6 +7,10 @@
    ``nm -D --defined-only`` on the same file. Target: at most 2x nm.
 2. Address lookups per second after loading, single and batched. Target: 1M/s.
 3. For context: parsing /proc/kallsyms, and whole user stacks through Symbolizer.
+4. A stripped library with its separate debug file (default libc, whose debug
+   file libc6-dbg installs under /usr/lib/debug/.build-id): found, merged with
+   ``.dynsym`` and loaded, against ``nm --defined-only`` on the debug file.
+   Skipped when no debug file is installed. Target: at most 2x nm.
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rover.hostfs import HostFS  # noqa: E402
 from rover.symbols import Symbolizer  # noqa: E402
+from rover.symbols.cache import ElfSymbolsCache  # noqa: E402
+from rover.symbols.debug_files import DebugFiles  # noqa: E402
 from rover.symbols.elf_file import ElfImage  # noqa: E402
 from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table  # noqa: E402
 from rover.symbols.kallsyms import KernelSymbols  # noqa: E402
+from rover.symbols.report import Reporter  # noqa: E402
 
 DEFAULT_LIBRARY = "/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1"
+DEFAULT_STRIPPED = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 LOOKUPS = 1_000_000
 
 
@@ -159,6 +168,40 @@ def bench_stacks() -> None:
     print(f"user_frames, repeated 20-frame stacks  {rate:12,.0f} frames/s")
 
 
+def bench_debug_file(path: str, repeat: int) -> None:
+    with open(path, "rb") as stream:
+        build_id = ElfImage(stream).build_id or ""
+    debug = Path(f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug")
+    if not build_id or not debug.exists():
+        print(f"== debug file: none installed for {path} (skipped)")
+        return
+    debug_files = DebugFiles(HostFS(), Reporter(()))
+
+    def load() -> object:
+        with open(path, "rb") as stream:
+            symbols = ElfSymbolsCache().load(
+                stream, None, lambda image: debug_files.symbols_for(image, os.getpid(), path, None)
+            )
+        assert "debug_file" in symbols.sources
+        return symbols
+
+    def nm() -> None:
+        subprocess.run(["nm", "--defined-only", debug], stdout=subprocess.DEVNULL, check=True)
+
+    nm()
+    load()
+    nm_time, _ = timed(nm, repeat)
+    our_time, symbols = timed(load, repeat)
+    ratio = our_time / nm_time
+    verdict = "OK" if ratio <= 2.0 else "OVER TARGET"
+    print(f"== debug file: {path} + {debug} ({debug.stat().st_size / 1e6:.0f} MB)")
+    print(f"nm --defined-only (debug file)   median {nm_time * 1e3:8.1f} ms")
+    print(
+        f"rover find + load + merge        median {our_time * 1e3:8.1f} ms"
+        f"  {len(symbols.table)} functions, {ratio:.2f}x nm (target <= 2x: {verdict})"
+    )
+
+
 def _verdict(rate: float) -> str:
     return "(target >= 1M/s: OK)" if rate >= 1e6 else "(target >= 1M/s: UNDER)"
 
@@ -166,6 +209,7 @@ def _verdict(rate: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--library", default=DEFAULT_LIBRARY)
+    parser.add_argument("--stripped", default=DEFAULT_STRIPPED, help="a library with a debug file")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--naive", action="store_true", help="also time a naive pyelftools loop")
     args = parser.parse_args()
@@ -175,6 +219,7 @@ def main() -> None:
     bench_lookups(args.library)
     bench_kallsyms()
     bench_stacks()
+    bench_debug_file(args.stripped, args.repeat)
 
 
 if __name__ == "__main__":

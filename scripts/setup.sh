@@ -29,7 +29,9 @@ apt_install() {
 apt_install python3 python3-venv python3-pip python3-bpfcc libbpfcc binutils gcc g++ make \
   util-linux mount golang-go chromium chromium-driver fonts-dejavu-core ca-certificates nginx-core wrk
 command -v rustc >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/rustc" ] || apt_install rustc
-# npm fetches speedscope for the tests that check our files against its schema and app.
+# node runs a JIT workload with --perf-basic-prof; npm fetches speedscope for the tests that
+# check our files against its schema and app.
+command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v npm >/dev/null 2>&1 || apt_install npm
 
 # Kernel headers for bcc: the running kernel's own package when Debian has it, else the

@@ -12,13 +12,17 @@ arithmetic), then ``ready``, then waits for commands on stdin:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import select
+import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -253,9 +257,62 @@ def compile_go(source: str, output: Path, *flags: str) -> Path:
     workdir.mkdir(exist_ok=True)
     (workdir / "main.go").write_text(source)
     env = dict(os.environ, GO111MODULE="off", GOFLAGS="", CGO_ENABLED="0")
-    env.setdefault("GOCACHE", str(Path.home() / ".cache/go-build"))
+    env.setdefault("GOCACHE", str(BIN_DIR / "go-cache"))
     run(find_tool("go"), "build", *flags, "-o", output, workdir / "main.go", env=env)
     return output
+
+
+def split_debug_file(binary: Path, stripped: Path, debug: Path, link: bool = True) -> None:
+    """``stripped``: ``binary`` without symbols; ``debug``: its separate debug file,
+    named in ``stripped``'s ``.gnu_debuglink`` (with its CRC) when ``link``."""
+    run("objcopy", "--only-keep-debug", binary, debug)
+    run("strip", "--strip-all", "-o", stripped, binary)
+    if link:
+        run("objcopy", f"--add-gnu-debuglink={debug}", stripped)
+
+
+def add_minidebuginfo(binary: Path, output: Path) -> Path:
+    """``binary`` stripped, with MiniDebugInfo as Fedora builds it (gdb manual, "MiniDebugInfo"):
+    the function symbols ``.dynsym`` lacks, in an xz-compressed ELF in ``.gnu_debugdata``."""
+    work = Path(tempfile.mkdtemp(dir=output.parent))
+    try:
+        dynamic = {line.split()[0] for line in _nm("-D", binary)}
+        functions = {f[0] for f in map(str.split, _nm(binary)) if len(f) > 1 and f[1] in "Tt"}
+        (work / "keep").write_text("".join(f"{name}\n" for name in sorted(functions - dynamic)))
+        run("objcopy", "--only-keep-debug", binary, work / "debug")
+        run(
+            "objcopy", "-S", "--remove-section", ".gdb_index", "--remove-section", ".comment",
+            f"--keep-symbols={work / 'keep'}", work / "debug", work / "mini",
+        )  # fmt: skip
+        run("strip", "--strip-all", "-R", ".comment", "-o", output, binary)
+        run("xz", work / "mini")
+        run("objcopy", "--add-section", f".gnu_debugdata={work / 'mini.xz'}", output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return output
+
+
+def _nm(*args: str | os.PathLike[str]) -> list[str]:
+    return run("nm", "--format=posix", "--defined-only", *args).splitlines()
+
+
+def section_range(path: Path, name: str) -> tuple[int, int]:
+    """(file offset, size) of section ``name`` of ``path``."""
+    with open(path, "rb") as f:
+        section = ELFFile(f).get_section_by_name(name)
+        if section is None:
+            raise LookupError(f"{path} has no section {name}")
+        return section["sh_offset"], section["sh_size"]
+
+
+def build_id_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        for section in ELFFile(f).iter_sections():
+            if section["sh_type"] == "SHT_NOTE":
+                for note in section.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return note["n_desc"]
+    raise LookupError(f"{path} has no build id")
 
 
 def nm_functions(path: Path) -> dict[str, tuple[int, int]]:
@@ -356,6 +413,38 @@ class RunningProgram:
         return line.decode().strip()
 
 
+@contextlib.contextmanager
+def namespaced_program(
+    binary: Path,
+    files: Mapping[str, Path] | None = None,
+    private_dirs: Sequence[str] = (),
+) -> Iterator[tuple[RunningProgram, str]]:
+    """Run ``binary`` (a program of this module's protocol) in its own mount namespace.
+
+    The binary is copied onto a tmpfs mounted over a fresh /tmp dir only the
+    namespace sees; each of ``private_dirs`` (existing host dirs, e.g.
+    /usr/lib/debug) is hidden behind an empty tmpfs there; then each ``files``
+    entry (path in the namespace: relative ones beside the binary, ``{dir}``
+    standing for the binary's dir -> host file) is copied in. Yields the
+    program and its path in the namespace; nothing is left on the host.
+    """
+    host_dir = tempfile.mkdtemp(prefix="rover-symbols-mntns-", dir="/tmp")
+    exe_path = f"{host_dir}/{binary.name}"
+    q = shlex.quote
+    commands = [f"mount -t tmpfs rover-test {q(host_dir)}", f"cp {q(str(binary))} {q(exe_path)}"]
+    commands += [f"mount -t tmpfs rover-test {q(d)}" for d in private_dirs]
+    for destination, source in (files or {}).items():
+        target = os.path.join(host_dir, destination.format(dir=host_dir))
+        commands += [f"mkdir -p {q(os.path.dirname(target))}", f"cp {q(str(source))} {q(target)}"]
+    commands.append(f"exec {q(exe_path)}")
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(commands)]
+    try:
+        with RunningProgram(argv) as program:
+            yield program, exe_path
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
+
+
 def mapping_of(pid: int, address: int) -> tuple[int, int, int, str]:
     """(start, end, offset, path) of the mapping of ``pid`` containing ``address``."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -379,6 +468,8 @@ _RECIPES = {
     "rust_v0": lambda out: compile_rust(RUST_PROGRAM, out, "-C", "symbol-mangling-version=v0"),
     "go": lambda out: compile_go(GO_PROGRAM, out),
     "go_pie": lambda out: compile_go(GO_PROGRAM, out, "-buildmode=pie"),
+    "go_stripped": lambda out: compile_go(GO_PROGRAM, out, "-ldflags=-s -w"),
+    "go_pie_stripped": lambda out: compile_go(GO_PROGRAM, out, "-buildmode=pie", "-ldflags=-s -w"),
 }
 _SOURCES_DIGEST = hashlib.sha256(
     "\0".join((C_PROGRAM, C_LIBRARY, CPP_PROGRAM, RUST_PROGRAM, GO_PROGRAM, *C_FLAGS)).encode()
@@ -396,3 +487,51 @@ def build(name: str) -> Path:
         built = _RECIPES[name](Path(tmp) / name)
         os.replace(built, output)
     return output
+
+
+PCLNTAB_MAGIC = {116: 0xFFFFFFFA, 118: 0xFFFFFFF0, 120: 0xFFFFFFF1}
+
+
+def make_pclntab(
+    layout: int,
+    functions: Sequence[tuple[int, str]],
+    end: int,
+    *,
+    ptr_size: int = 8,
+    little_endian: bool = True,
+    text_start: int = 0,
+) -> bytes:
+    """A synthetic Go pclntab (layouts 116, 118, 120: see rover/symbols/gopclntab.py).
+
+    ``functions`` are (entry address, name), sorted; ``end`` ends the last one.
+    Go 1.18+ entries are written as offsets from ``text_start``.
+    """
+    order = "<" if little_endian else ">"
+    word = "I" if ptr_size == 4 else "Q"
+    field_format = "I" if layout >= 118 else word
+    field = struct.calcsize(field_format)
+    words = 7 if layout == 116 else 8
+    header_size = 8 + words * ptr_size
+    names = b""
+    name_offsets = []
+    for _, name in functions:
+        name_offsets.append(len(names))
+        names += name.encode() + b"\0"
+    names_offset = header_size
+    tables_offset = names_offset + len(names)  # cu, file and pc tables: empty here
+    pcln = (tables_offset + 7) & ~7
+    base = text_start if layout >= 118 else 0
+    functab = b""
+    records = b""
+    records_start = (2 * len(functions) + 1) * field
+    for (entry, _), name_offset in zip(functions, name_offsets, strict=True):
+        record_offset = records_start + len(records)
+        functab += struct.pack(order + field_format * 2, entry - base, record_offset)
+        records += struct.pack(order + field_format + "i4x", entry - base, name_offset)
+    functab += struct.pack(order + field_format, end - base)
+    offsets = [names_offset, tables_offset, tables_offset, tables_offset, pcln]
+    values = [len(functions), 0] + ([text_start] if layout >= 118 else []) + offsets
+    header = struct.pack(order + "IBBBB", PCLNTAB_MAGIC[layout], 0, 0, 1, ptr_size)
+    header += struct.pack(order + word * words, *values)
+    body = header + names
+    return body + bytes(pcln - len(body)) + functab + records

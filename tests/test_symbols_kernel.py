@@ -134,3 +134,38 @@ def test_parse_real_kallsyms_is_sorted_and_text_only() -> None:
     ]
     assert 0 < len(table) <= len(text_lines)
     assert table.lookup(kallsyms_address("schedule")).name == "schedule"
+
+
+def test_kernel_frames_name_their_file(tmp_path: Path) -> None:
+    symbolizer = Symbolizer(kallsyms_path=write(tmp_path, FAKE_KALLSYMS))
+    frames = symbolizer.kernel_frames([0xFFFFFFFF81001010, 0xFFFFFFFFC0100010, 0xFFFFFFFF80000000])
+    assert [(f.module, f.file) for f in frames] == [
+        ("[kernel]", "[kernel.kallsyms]"),
+        ("nf_tables", "nf_tables"),
+        ("[kernel]", "[kernel.kallsyms]"),  # unsymbolized, still the kernel's
+    ]
+
+
+@pytest.mark.bpf
+def test_real_module_symbols_name_their_module() -> None:
+    # Loaded BPF programs are listed in /proc/kallsyms as the module "[bpf]", exactly
+    # like a loadable module's functions (this kernel may have no loadable modules).
+    from rover.bpf.engine import ProfilerEngine
+    from rover.bpf.headers import HeaderSearch
+    from rover.profile import ProfileType
+
+    engine = ProfilerEngine(ProfileType.ON_CPU, HeaderSearch().find())
+    try:
+        modules = [
+            line.split()
+            for line in Path("/proc/kallsyms").read_text().splitlines()
+            if line.endswith("]") and line.split()[1] in "tT"
+        ]
+        assert modules, "no module symbols in /proc/kallsyms with a BPF program loaded"
+        address, _, name, module = modules[-1][:4]
+        symbolizer = Symbolizer()
+        frame = symbolizer.kernel_frames([int(address, 16) + 1])[0]
+    finally:
+        engine.close()
+    assert (frame.name, frame.module, frame.file) == (name, module.strip("[]"), module.strip("[]"))
+    assert frame.symbolized and frame.kind is FrameKind.KERNEL

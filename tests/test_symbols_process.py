@@ -13,6 +13,7 @@ from elftools.elf.elffile import ELFFile
 from symbols_helpers import (
     RunningProgram,
     build,
+    build_id_of,
     file_offset_of,
     mapping_of,
     nm_functions,
@@ -44,6 +45,26 @@ def test_c_functions_resolve(symbolizer: Symbolizer, binary: str) -> None:
         assert all(f.symbolized and f.kind is FrameKind.USER for f in frames)
         assert {f.module for f in frames} == {binary}
         assert symbolizer.counters["unsymbolized_frames"] == 0
+
+
+def test_frames_carry_the_file_path_and_build_id(symbolizer: Symbolizer, tmp_path: Path) -> None:
+    lib = tmp_path / "libstripped.so"
+    shutil.copy(build("libspin.so"), lib)
+    subprocess.run(["strip", "--strip-all", str(lib)], check=True)
+    binary = build("c_pie")
+    with RunningProgram([str(binary), str(lib)]) as prog:
+        jit = prog.send("jit")["jit"]
+        symbolizer.prepare(prog.pid)
+        a = prog.addresses
+        addresses = [a["lib_hidden"], a["lib_spin"] + 2, a["main"] + 8, jit + 0x10, 0x10]
+        frames = symbolizer.user_frames(prog.pid, addresses)
+    assert [(f.symbolized, f.file, f.build_id) for f in frames] == [
+        (False, str(lib), build_id_of(lib)),  # unsymbolized frames keep them too
+        (True, str(lib), build_id_of(lib)),
+        (True, str(binary), build_id_of(binary)),
+        (False, "[anon]", ""),
+        (False, "", ""),  # in no mapping
+    ]
 
 
 def test_function_start_as_leaf_resolves_to_that_function(symbolizer: Symbolizer) -> None:
@@ -283,3 +304,21 @@ def _unused_pid() -> int:
     while os.path.exists(f"/proc/{pid}"):
         pid -= 1
     return pid
+
+
+def test_garbage_addresses_reread_maps_at_most_once_per_interval(
+    symbolizer: Symbolizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Return addresses of code without frame pointers are often in no mapping at all.
+    with RunningProgram([str(build("c_pie"))]) as prog:
+        symbolizer.prepare(prog.pid)
+        main = prog.addresses["main"] + 8
+        for garbage in range(0x1000, 0x1000 + 50 * 8, 8):
+            assert names(symbolizer.user_frames(prog.pid, [main, garbage]))[0] == "main"
+        assert symbolizer.counters["maps_rereads"] == 1
+        # A library loaded later is still found once the interval has passed.
+        printed = prog.send(f"dlopen {build('libspin.so')}")
+        monkeypatch.setattr("rover.symbols.symbolizer.MAPS_REREAD_INTERVAL", 0.0)
+        frames = symbolizer.user_frames(prog.pid, [printed["lib_spin"] + 2])
+        assert names(frames) == ["lib_spin"]
+        assert symbolizer.counters["maps_rereads"] == 2

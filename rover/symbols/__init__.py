@@ -1,4 +1,5 @@
-"""Symbolization: process maps, ELF symbol tables, kallsyms, demangling, shared caches.
+"""Symbolization: process maps, ELF symbol tables (with separate debug files, MiniDebugInfo
+and Go's pclntab), JIT perf maps, kallsyms, demangling, shared caches.
 
 The one entry point is :class:`Symbolizer`; see ``symbolizer.py``.
 """

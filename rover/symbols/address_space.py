@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rover.profile import Frame, FrameKind
 from rover.symbols.cache import ElfSymbols
 from rover.symbols.maps import Mapping, MappingKind
+from rover.symbols.perf_map import PerfMap
 
 UNKNOWN_MODULE = "[unknown]"
 # Per-process memo of address -> Frame; cleared when full (stacks repeat a lot).
@@ -26,15 +27,17 @@ class MappedModule:
     def frame(self, address: int, lookup: int) -> Frame:
         """The frame for ``address``, whose symbol is searched at ``lookup``."""
         mapping = self.mapping
+        file = mapping.path or mapping.module
+        build_id = (self.symbols.image.build_id or "") if self.symbols is not None else ""
         if self.symbols is not None:
             name = self.symbols.table.symbolize(lookup - self.bias)
             if name:
-                return Frame(name, FrameKind.USER, mapping.module)
+                return Frame(name, FrameKind.USER, mapping.module, True, file, build_id)
         if mapping.kind is MappingKind.ANONYMOUS:
             # JIT code: an absolute address is what a perf map would list.
-            return Frame(f"[anon]+0x{address:x}", FrameKind.USER, mapping.module, False)
+            return Frame(f"[anon]+0x{address:x}", FrameKind.USER, mapping.module, False, file)
         name = f"{mapping.module}+0x{mapping.file_offset(address):x}"
-        return Frame(name, FrameKind.USER, mapping.module, False)
+        return Frame(name, FrameKind.USER, mapping.module, False, file, build_id)
 
 
 def unknown_frame(address: int) -> Frame:
@@ -43,16 +46,21 @@ def unknown_frame(address: int) -> Frame:
 
 
 class AddressSpace:
-    """The executable mappings of one process, as read from one ``/proc/PID/maps``."""
+    """The executable mappings of one process, as read from one ``/proc/PID/maps``,
+    and the process's perf map for JIT code in anonymous memory."""
 
-    def __init__(self, maps_text: str, modules: list[MappedModule]) -> None:
+    def __init__(
+        self, maps_text: str, modules: list[MappedModule], perf_map: PerfMap | None = None
+    ) -> None:
         self.maps_text = maps_text
         self.modules = modules
+        self.perf_map = perf_map
         self._starts = [m.mapping.start for m in modules]
         self._frames: dict[int, Frame] = {}
         # Addresses already known to lie in no mapping (no need to re-read maps for them).
         self._unmapped: set[int] = set()
         self.alive = True
+        self.fruitless_reread_at = float("-inf")  # when a re-read last found nothing new
 
     def frame(self, address: int, leaf: bool) -> Frame | None:
         """The frame for ``address``; None when no mapping contains it.
@@ -68,11 +76,19 @@ class AddressSpace:
         i = bisect_right(self._starts, lookup) - 1
         if i < 0 or lookup >= self.modules[i].mapping.end:
             return None
-        frame = self.modules[i].frame(address, lookup)
+        module = self.modules[i]
+        if module.mapping.kind is MappingKind.ANONYMOUS:
+            # Not memoized here: the perf map may grow, and memoizes its own hits.
+            return self.jit_frame(address, leaf) or module.frame(address, lookup)
+        frame = module.frame(address, lookup)
         if len(self._frames) >= _MAX_FRAMES:
             self._frames.clear()
         self._frames[key] = frame
         return frame
+
+    def jit_frame(self, address: int, leaf: bool) -> Frame | None:
+        """The frame the process's perf map gives ``address``, if any."""
+        return self.perf_map.frame(address, leaf) if self.perf_map is not None else None
 
     def is_known_unmapped(self, address: int) -> bool:
         return address in self._unmapped

@@ -8,18 +8,24 @@ only. Files that failed to load are remembered too, so a corrupt library
 mapped by a hundred processes is parsed (and reported) once.
 
 A build id names the linker's output, so a stripped copy and the original
-share one entry; a file with a ``.symtab`` replaces a stripped one's entry.
+share one entry. An entry is *complete* when some source gave it a full symbol
+table (its own ``.symtab``, a debug file, MiniDebugInfo, Go's pclntab); an
+incomplete one (``.dynsym`` only) is replaced when the same build id turns up
+with more, e.g. unstripped, or in a container that has its debug file installed.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Generic, TypeVar
 
 from rover.symbols.elf_file import ElfImage, ElfLoadError
-from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table
+from rover.symbols.elf_table import ElfSymbolTable
+from rover.symbols.report import Reporter
+from rover.symbols.sources import file_table
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -60,6 +66,8 @@ class ElfSymbols:
 
     table: ElfSymbolTable
     image: ElfImage  # headers only: its stream is closed once loading is done
+    sources: tuple[str, ...] = ()  # see sources.py: "debug_file", "elf", "gopclntab"...
+    complete: bool = True  # a full symbol table, not only exported functions
 
 
 class KnownBadFile(ElfLoadError):
@@ -69,7 +77,8 @@ class KnownBadFile(ElfLoadError):
 class ElfSymbolsCache:
     """Loads each ELF file's symbols once; see the module docstring for the keys."""
 
-    def __init__(self, capacity: int = 512) -> None:
+    def __init__(self, capacity: int = 512, reporter: Reporter | None = None) -> None:
+        self._reporter = reporter
         self._by_identity: LruCache[FileIdentity, ElfSymbols] = LruCache(capacity)
         self._by_build_id: LruCache[str, ElfSymbols] = LruCache(capacity)
         self._failed: LruCache[FileIdentity, str] = LruCache(capacity)
@@ -90,18 +99,31 @@ class ElfSymbolsCache:
             raise KnownBadFile(reason)
         return None
 
-    def load(self, stream: BinaryIO, identity: FileIdentity | None) -> ElfSymbols:
+    def load(
+        self,
+        stream: BinaryIO,
+        identity: FileIdentity | None,
+        find_debug: Callable[[ElfImage], ElfSymbolTable | None] | None = None,
+        subject: str = "",
+    ) -> ElfSymbols:
         """Symbols of the ELF file open as ``stream`` (shared when the build id is known).
 
-        Raises :class:`ElfLoadError` (remembered under ``identity``) for a bad file.
+        ``find_debug`` gives the symbols of the file's separate debug file, if
+        any; it is asked only for files without their own ``.symtab``.
+        ``subject`` names the file in reports. Raises :class:`ElfLoadError`
+        (remembered under ``identity``) for a bad file.
         """
         try:
             image = ElfImage(stream)
             found = self._by_build_id.get(image.build_id) if image.build_id else None
-            if found is not None and (found.image.has_symtab or not image.has_symtab):
+            debug = None
+            if not (found is not None and found.complete) and not image.has_symtab and find_debug:
+                debug = find_debug(image)
+            if found is not None and (found.complete or (debug is None and not image.has_symtab)):
                 self.hits += 1
             else:
-                found = ElfSymbols(load_symbol_table(image), image)
+                loaded = file_table(image, debug, self._reporter, subject)
+                found = ElfSymbols(loaded.table, image, loaded.sources, loaded.complete)
                 self.loads += 1
                 if image.build_id:
                     self._by_build_id.put(image.build_id, found)

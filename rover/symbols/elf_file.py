@@ -18,6 +18,7 @@ from elftools.elf.elffile import ELFFile
 _PF_X = 0x1
 _NT_GNU_BUILD_ID = 3
 _MAX_NOTE_BYTES = 1 << 16  # build-id notes are tiny; a bigger note section is not worth reading
+_MAX_SECTION_NAMES_BYTES = 1 << 20  # .shstrtab is a few hundred bytes; more is corrupt
 
 
 class ElfLoadError(Exception):
@@ -39,6 +40,7 @@ class SectionHeader:
     """The parts of a section header the symbol loader uses."""
 
     index: int
+    name: str  # e.g. ".gnu_debuglink"; "" when the name table is unreadable
     type: str  # e.g. "SHT_SYMTAB"
     addr: int
     offset: int
@@ -63,7 +65,7 @@ class ElfImage:
             self.little_endian: bool = elf.little_endian
             self.is_exec = elf["e_type"] == "ET_EXEC"
             self.segments = tuple(_load_segments(elf))
-            self.sections = tuple(_section_headers(elf))
+            self.sections = tuple(self._named_sections(elf))
             self.build_id = self._find_build_id()
         except ElfLoadError:
             raise
@@ -74,6 +76,20 @@ class ElfImage:
     def has_symtab(self) -> bool:
         """Whether the file has a full symbol table (not stripped to ``.dynsym``)."""
         return any(s.type == "SHT_SYMTAB" for s in self.sections)
+
+    def section(self, name: str) -> SectionHeader | None:
+        """The first section called ``name`` that has contents in the file, if any."""
+        for header in self.sections:
+            if header.name == name and header.type != "SHT_NOBITS":
+                return header
+        return None
+
+    def section_data(self, header: SectionHeader, limit: int) -> bytes:
+        """A section's bytes; raises :class:`ElfLoadError` when it exceeds ``limit`` bytes
+        or lies outside the file."""
+        if header.size > limit:
+            raise ElfLoadError(f"section {header.name or header.index} is {header.size} bytes")
+        return self.read(header.offset, header.size)
 
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``; raises :class:`ElfLoadError` past the end of file."""
@@ -117,6 +133,21 @@ class ElfImage:
                     return found
         return None
 
+    def _named_sections(self, elf: ELFFile) -> list[SectionHeader]:
+        raw: list[Any] = [elf._get_section_header(i) for i in range(elf.num_sections())]
+        names = self._section_names(elf, raw)
+        return [_section_header(i, h, names) for i, h in enumerate(raw)]
+
+    def _section_names(self, elf: ELFFile, raw: list[Any]) -> bytes:
+        # A damaged name table only costs the names (which the optional sources use).
+        try:
+            index = elf.get_shstrndx()
+            if not 0 < index < len(raw) or raw[index]["sh_size"] > _MAX_SECTION_NAMES_BYTES:
+                return b""
+            return self.read(raw[index]["sh_offset"], raw[index]["sh_size"])
+        except Exception:  # ElfLoadError, or whatever pyelftools raises on a bad header
+            return b""
+
 
 def _load_segments(elf: ELFFile) -> list[LoadSegment]:
     segments = []
@@ -134,22 +165,24 @@ def _load_segments(elf: ELFFile) -> list[LoadSegment]:
     return segments
 
 
-def _section_headers(elf: ELFFile) -> list[SectionHeader]:
-    headers = []
-    for i in range(elf.num_sections()):
-        h: Any = elf._get_section_header(i)  # raw header: see the module docstring
-        headers.append(
-            SectionHeader(
-                i,
-                str(h["sh_type"]),
-                h["sh_addr"],
-                h["sh_offset"],
-                h["sh_size"],
-                h["sh_link"],
-                h["sh_entsize"],
-            )
-        )
-    return headers
+def _section_header(index: int, h: Any, names: bytes) -> SectionHeader:
+    return SectionHeader(
+        index,
+        _string_at(names, h["sh_name"]),
+        str(h["sh_type"]),
+        h["sh_addr"],
+        h["sh_offset"],
+        h["sh_size"],
+        h["sh_link"],
+        h["sh_entsize"],
+    )
+
+
+def _string_at(table: bytes, offset: int) -> str:
+    if not 0 <= offset < len(table):
+        return ""
+    end = table.find(b"\0", offset)
+    return table[offset : end if end >= 0 else len(table)].decode("utf-8", "replace")
 
 
 def _build_id_in_notes(data: bytes, image: ElfImage) -> str | None:

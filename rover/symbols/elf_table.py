@@ -51,6 +51,7 @@ class ElfSymbolTable:
         ends: np.ndarray,
         name_offsets: np.ndarray,
         strings: bytes,
+        priorities: np.ndarray | None = None,
     ) -> None:
         self._starts_arr = starts
         self._ends_arr = ends
@@ -59,6 +60,10 @@ class ElfSymbolTable:
         self._ends: list[int] = ends.tolist()
         self._name_offsets = name_offsets
         self._strings = strings
+        # Alias rank of each kept symbol (see _function_symbols; lower wins), for merging.
+        self._priorities = (
+            priorities if priorities is not None else np.zeros(len(starts), dtype=np.uint8)
+        )
         self._names: dict[int, str] = {}
 
     @classmethod
@@ -119,10 +124,13 @@ class ElfSymbolTable:
         return name
 
     def raw_name(self, index: int) -> str:
+        """The name as stored, without a symbol version (``.symtab`` of a debug file
+        spells versioned symbols ``clock_nanosleep@@GLIBC_2.17``)."""
         offset = int(self._name_offsets[index])
         end = self._strings.find(b"\0", offset)
         raw = self._strings[offset : end if end >= 0 else len(self._strings)]
-        return raw.decode("utf-8", "replace")
+        at = raw.find(b"@", 1)
+        return raw[: at if at > 0 else len(raw)].decode("utf-8", "replace")
 
     def symbolize(self, vaddr: int) -> str | None:
         """The demangled name of the function at ``vaddr``, or None."""
@@ -133,6 +141,31 @@ class ElfSymbolTable:
 
     def start(self, index: int) -> int:
         return self._starts[index]
+
+
+def merge_tables(tables: Sequence[ElfSymbolTable]) -> ElfSymbolTable:
+    """One table holding every symbol of ``tables``.
+
+    At an address several of them name, the alias rules of one file decide (see
+    ``_function_symbols``), then the earliest table in ``tables`` (list the best
+    source first): a debug file's ``.symtab`` merges as if the binary had it.
+    """
+    tables = [t for t in tables if len(t)]
+    if len(tables) <= 1:
+        return tables[0] if tables else ElfSymbolTable.empty()
+    bases = np.cumsum([0] + [len(t._strings) for t in tables[:-1]])
+    starts = np.concatenate([t._starts_arr for t in tables])
+    ends = np.concatenate([t._ends_arr for t in tables])
+    names = np.concatenate([t._name_offsets + base for t, base in zip(tables, bases, strict=True)])
+    rank = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, t in enumerate(tables)])
+    priorities = np.concatenate([t._priorities for t in tables])
+    order = np.lexsort((rank, priorities, starts))
+    starts = starts[order]
+    first = np.ones(len(starts), dtype=bool)
+    first[1:] = starts[1:] != starts[:-1]
+    keep = order[first]
+    strings = b"".join(t._strings for t in tables)
+    return ElfSymbolTable(starts[first], ends[keep], names[keep], strings, priorities[keep])
 
 
 def load_symbol_table(image: ElfImage) -> ElfSymbolTable:
@@ -224,6 +257,7 @@ def _merge(parts: list[dict[str, np.ndarray]], section_ends: np.ndarray, strings
     size = merged["size"][order][first]
     shndx = merged["shndx"][order][first]
     name = merged["name"][order][first]
+    priority = merged["priority"][order][first]
 
     next_start = np.empty_like(value)
     next_start[:-1] = value[1:]
@@ -234,4 +268,4 @@ def _merge(parts: list[dict[str, np.ndarray]], section_ends: np.ndarray, strings
     # a sized one ends where it says.
     reach = np.minimum(next_start, section_end)
     end = np.where(size > 0, value + size, reach)
-    return ElfSymbolTable(value, end, name, strings)
+    return ElfSymbolTable(value, end, name, strings, priority)

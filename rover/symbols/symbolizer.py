@@ -1,5 +1,9 @@
 """Turning stack addresses into frames: user space from ELF files, kernel from kallsyms.
 
+User frames come from each mapped file's symbols (its own tables, a separate
+debug file, MiniDebugInfo, Go's pclntab: see ``sources.py``) and, for JIT code
+in anonymous memory, from the process's perf map.
+
 Bad input (a corrupt or missing file, a vanished process) never raises out of
 :meth:`Symbolizer.user_frames` or :meth:`Symbolizer.kernel_frames`: it is
 logged once, counted in :attr:`Symbolizer.counters`, and the frames fall back
@@ -10,16 +14,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from rover.hostfs import HostFS, ProcessGone
 from rover.profile import Frame, FrameKind
 from rover.symbols.address_space import AddressSpace, MappedModule, unknown_frame
 from rover.symbols.cache import ElfSymbols, ElfSymbolsCache, KnownBadFile, file_identity
-from rover.symbols.elf_file import ElfLoadError
+from rover.symbols.debug_files import DebugFiles
+from rover.symbols.elf_file import ElfImage, ElfLoadError
+from rover.symbols.elf_table import ElfSymbolTable
 from rover.symbols.kallsyms import CORE_MODULE, KernelSymbols
 from rover.symbols.mapped_files import locate_mapped_file, read_vdso
 from rover.symbols.maps import Mapping, MappingKind, parse_maps
+from rover.symbols.perf_map import PerfMap
+from rover.symbols.report import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,19 @@ COUNTER_NAMES = (
     "elf_files_loaded",  # ELF files parsed (not served from the cache)
     "kallsyms_errors",  # /proc/kallsyms could not be read
     "kallsyms_restricted",  # 1 when kptr_restrict hides kernel addresses
+    "debug_files_used",  # files whose symbols came (also) from a separate debug file
+    "debug_file_errors",  # debug files found but skipped (wrong CRC or build id, corrupt...)
+    "debug_link_crc_mismatches",  # ...of which the CRC did not match the .gnu_debuglink
+    "minidebuginfo_used",  # files whose .gnu_debugdata (MiniDebugInfo) was read
+    "minidebuginfo_errors",  # ...that was damaged and skipped
+    "gopclntab_used",  # Go files named from .gopclntab (no .symtab)
+    "gopclntab_errors",  # ...whose pclntab was damaged and skipped
+    "perf_maps_read",  # perf map reads (whole files, or what was appended)
+    "perf_map_bad_lines",  # garbage perf map lines skipped
+    "perf_map_errors",  # perf maps that could not be read
 )
+MAPS_REREAD_INTERVAL = 0.25  # seconds between re-reads of one process's maps that found nothing
+KERNEL_FILE = "[kernel.kallsyms]"  # what Frame.file says for core kernel frames, as perf does
 _MAX_KERNEL_FRAMES = 1 << 16
 
 
@@ -44,12 +65,14 @@ class Symbolizer:
         self._kallsyms_path = kallsyms_path or str(self._hostfs.host_path("/proc/kallsyms"))
         self._kernel: KernelSymbols | None = None
         self._kernel_frames: dict[int, Frame] = {}
-        self._files = ElfSymbolsCache()
+        self._reporter = Reporter(COUNTER_NAMES)
+        self.counters = self._reporter.counters
+        self._files = ElfSymbolsCache(reporter=self._reporter)
+        self._debug_files = DebugFiles(self._hostfs, self._reporter)
         self._spaces: dict[int, AddressSpace] = {}
-        self._reported: set[tuple[str, int, str]] = set()
+        self._perf_maps: dict[int, PerfMap] = {}
         # One lock for everything: callers (drain loop, process discovery) may be threads.
         self._lock = threading.RLock()
-        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
 
     # -- user space ---------------------------------------------------------
 
@@ -75,25 +98,45 @@ class Symbolizer:
                     continue
                 leaf = position == 0
                 frame = space.frame(address, leaf) if space is not None else None
-                if frame is None and not reread and _worth_rereading(space, address):
-                    # Maybe a library loaded since (dlopen): look once per stack.
-                    reread = True
-                    self.counters["maps_rereads"] += 1
-                    space = self._try_read_maps(pid) or space
-                    frame = space.frame(address, leaf)
-                if frame is None:
-                    if space is not None:
-                        space.mark_unmapped(address)
-                    frame = unknown_frame(address)
+                if frame is None and space is not None:
+                    if not reread and _worth_rereading(space, address):
+                        # Maybe a library loaded since (dlopen): look once per stack.
+                        reread = True
+                        self.counters["maps_rereads"] += 1
+                        space = self._try_read_maps(pid) or space
+                        frame = space.frame(address, leaf)
+                        if frame is None:
+                            space.fruitless_reread_at = time.monotonic()
+                    if frame is None:
+                        # Maps just read (or the process is gone): it is in none of them.
+                        if reread or not space.alive:
+                            space.mark_unmapped(address)
+                        # JIT code in memory maps no longer list, perhaps.
+                        frame = space.jit_frame(address, leaf)
+                frame = frame or unknown_frame(address)
                 if not frame.symbolized:
                     self.counters["unsymbolized_frames"] += 1
                 frames.append(frame)
             return frames
 
+    def symbol_sources(self, pid: int) -> dict[str, tuple[str, ...]]:
+        """For each file mapped by ``pid`` (as last read), the sources its symbols came
+        from (see ``sources.py``: "debug_file", "elf", "minidebuginfo", "gopclntab");
+        empty for a file without symbols."""
+        with self._lock:
+            space = self._spaces.get(pid)
+            if space is None:
+                return {}
+            return {
+                m.mapping.path or m.mapping.module: m.symbols.sources if m.symbols else ()
+                for m in space.modules
+            }
+
     def forget(self, pid: int) -> None:
         """Drop what is kept for ``pid`` (its maps); shared file tables stay."""
         with self._lock:
             self._spaces.pop(pid, None)
+            self._perf_maps.pop(pid, None)
 
     def _try_read_maps(self, pid: int) -> AddressSpace | None:
         try:
@@ -122,8 +165,15 @@ class Symbolizer:
             return old
         known = old.module_map() if old is not None else {}
         modules = [known.get(m) or self._load_module(pid, m) for m in mappings]
-        space = self._spaces[pid] = AddressSpace(text, modules)
+        space = self._spaces[pid] = AddressSpace(text, modules, self._perf_map(pid))
         return space
+
+    def _perf_map(self, pid: int) -> PerfMap:
+        # Kept across maps re-reads; it reads nothing until an address needs it.
+        perf_map = self._perf_maps.get(pid)
+        if perf_map is None:
+            perf_map = self._perf_maps[pid] = PerfMap(self._hostfs, pid, self._reporter)
+        return perf_map
 
     def _load_module(self, pid: int, mapping: Mapping) -> MappedModule:
         symbols = None
@@ -151,23 +201,27 @@ class Symbolizer:
         cached = self._files.cached(identity)
         if cached is not None:
             return cached
+
+        def find_debug(image: ElfImage) -> ElfSymbolTable | None:
+            return self._debug_files.symbols_for(image, pid, mapping.path, identity)
+
         with open(path, "rb") as stream:
-            return self._loaded(self._files.load(stream, identity))
+            return self._loaded(self._files.load(stream, identity, find_debug, mapping.path))
 
     def _loaded(self, symbols: ElfSymbols) -> ElfSymbols:
         self.counters["elf_files_loaded"] = self._files.loads
         return symbols
 
     def _report(self, mapping: Mapping, exc: Exception, counter: str | None = None) -> None:
-        key = (mapping.dev, mapping.inode, mapping.path)
-        if key in self._reported:
-            return
-        self._reported.add(key)
-        self.counters["elf_load_errors"] += 1
-        if counter:
-            self.counters[counter] += 1
         reason = str(exc) if isinstance(exc, ElfLoadError | OSError) else repr(exc)
-        log.warning("no symbols for %s: %s; its frames show as module+offset", mapping.path, reason)
+        counters = ("elf_load_errors", counter) if counter else ("elf_load_errors",)
+        self._reporter.problem(
+            (mapping.dev, mapping.inode, mapping.path),
+            counters,
+            "no symbols for %s: %s; its frames show as module+offset",
+            mapping.path,
+            reason,
+        )
 
     # -- kernel -------------------------------------------------------------
 
@@ -190,9 +244,11 @@ class Symbolizer:
     def _kernel_frame(self, address: int) -> Frame:
         symbol = self._kernel_symbols().lookup(address)
         if symbol is None:
-            frame = Frame(f"{CORE_MODULE}+0x{address:x}", FrameKind.KERNEL, CORE_MODULE, False)
+            name = f"{CORE_MODULE}+0x{address:x}"
+            frame = Frame(name, FrameKind.KERNEL, CORE_MODULE, False, KERNEL_FILE)
         else:
-            frame = Frame(symbol.name, FrameKind.KERNEL, symbol.module)
+            file = KERNEL_FILE if symbol.module == CORE_MODULE else symbol.module
+            frame = Frame(symbol.name, FrameKind.KERNEL, symbol.module, True, file)
         if len(self._kernel_frames) >= _MAX_KERNEL_FRAMES:
             self._kernel_frames.clear()
         self._kernel_frames[address] = frame
@@ -219,5 +275,11 @@ class Symbolizer:
         return self._kernel
 
 
-def _worth_rereading(space: AddressSpace | None, address: int) -> bool:
-    return space is not None and space.alive and not space.is_known_unmapped(address)
+def _worth_rereading(space: AddressSpace, address: int) -> bool:
+    # Garbage return addresses (code without frame pointers) are common: after a
+    # re-read that found nothing new, wait a little before the next one.
+    return (
+        space.alive
+        and not space.is_known_unmapped(address)
+        and time.monotonic() - space.fruitless_reread_at >= MAPS_REREAD_INTERVAL
+    )

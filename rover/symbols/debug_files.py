@@ -1,0 +1,182 @@
+"""Separate debug files: the full ``.symtab`` of a stripped binary, kept elsewhere.
+
+Found as gdb finds them ("Separate Debug Files" in its manual), in this order:
+
+1. by build id: ``/usr/lib/debug/.build-id/ab/cdef....debug`` (its build id must match);
+2. by ``.gnu_debuglink`` (a file name and the CRC32 of that whole file), next to
+   the binary, in ``.debug/`` beside it, and under ``/usr/lib/debug/<binary's dir>/``.
+
+Each place is looked up inside the target process's root (its container's
+files) first, then on the host. A debug-link candidate whose CRC does not match
+is another build's file: it is skipped, counted and logged. A debug file's
+symbol values are the binary's virtual addresses, so the binary's program
+headers still give the load bias.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from rover.hostfs import HostFS
+from rover.symbols.cache import FileIdentity, LruCache, file_identity
+from rover.symbols.elf_file import ElfImage, ElfLoadError
+from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table
+from rover.symbols.report import Reporter
+
+DEBUG_ROOT = "/usr/lib/debug"
+_MAX_LINK_BYTES = 4096
+_CRC_CHUNK = 1 << 20
+_MAX_DEBUG_FILE = 4 << 30  # the debug info of the biggest libraries is ~2 GB
+_NOT_THERE = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+@dataclass(frozen=True, slots=True)
+class DebugLink:
+    """The contents of ``.gnu_debuglink``: a file name and that file's CRC32."""
+
+    name: str
+    crc: int
+
+
+def read_debug_link(image: ElfImage) -> DebugLink | None:
+    """``image``'s debug link, or None when it has none (or an unusable one)."""
+    header = image.section(".gnu_debuglink")
+    if header is None:
+        return None
+    data = image.section_data(header, _MAX_LINK_BYTES)
+    end = data.find(b"\0")
+    if end <= 0:
+        return None
+    crc_at = (end + 4) & ~3  # the name, its NUL, padding to 4 bytes, then the CRC
+    if crc_at + 4 > len(data):
+        return None
+    name = data[:end].decode("utf-8", "replace")
+    if "/" in name or name in (".", ".."):
+        return None  # a bare file name by definition; anything else is not followed
+    (crc,) = struct.unpack_from("<I" if image.little_endian else ">I", data, crc_at)
+    return DebugLink(name, crc)
+
+
+class DebugFiles:
+    """Finds, verifies and loads the debug file of a stripped binary."""
+
+    def __init__(self, hostfs: HostFS, reporter: Reporter) -> None:
+        self._hostfs = hostfs
+        self._reporter = reporter
+        # CRC32 of candidate files by identity: hashing a big debug file once is enough.
+        self._crcs: LruCache[FileIdentity, int] = LruCache(256)
+
+    def symbols_for(
+        self, image: ElfImage, pid: int, binary_path: str, binary: FileIdentity | None
+    ) -> ElfSymbolTable | None:
+        """The function symbols of ``image``'s debug file, None when none is found.
+
+        ``binary_path`` is the binary's path as process ``pid`` sees it.
+        """
+        seen: set[FileIdentity] = {binary} if binary else set()
+        if image.build_id and len(image.build_id) > 2:
+            relative = f".build-id/{image.build_id[:2]}/{image.build_id[2:]}.debug"
+            for path in self._places(pid, posixpath.join(DEBUG_ROOT, relative)):
+                table = self._try(path, image, None, seen)
+                if table is not None:
+                    return table
+        try:
+            link = read_debug_link(image)
+        except ElfLoadError:
+            link = None
+        if link is None:
+            return None
+        directory = posixpath.dirname(binary_path) or "/"
+        for candidate in (
+            posixpath.join(directory, link.name),
+            posixpath.join(directory, ".debug", link.name),
+            posixpath.join(DEBUG_ROOT + directory, link.name),
+        ):
+            for path in self._places(pid, candidate):
+                table = self._try(path, image, link, seen)
+                if table is not None:
+                    return table
+        return None
+
+    def _places(self, pid: int, path: str) -> Iterator[Path]:
+        yield self._hostfs.target_path(pid, path)
+        yield self._hostfs.host_path(path)
+
+    def _try(
+        self, path: Path, image: ElfImage, link: DebugLink | None, seen: set[FileIdentity]
+    ) -> ElfSymbolTable | None:
+        try:
+            stream = _open_regular(path)
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                self._reject(path, f"cannot open it: {exc}")
+            return None
+        if stream is None:
+            return None
+        with stream:
+            try:
+                st = os.fstat(stream.fileno())
+                identity = file_identity(st)
+                if identity in seen:
+                    return None  # the same file through the other root, or the binary itself
+                seen.add(identity)
+                if st.st_size > _MAX_DEBUG_FILE:
+                    self._reject(path, f"it is {st.st_size >> 20} MB, over the 4 GB limit")
+                    return None
+                if link is not None and self._crc(stream, identity) != link.crc:
+                    self._reject(path, "its CRC32 does not match the debug link", crc=True)
+                    return None
+                debug = ElfImage(stream)
+                if image.build_id and debug.build_id and debug.build_id != image.build_id:
+                    self._reject(path, f"its build id {debug.build_id} is not the binary's")
+                    return None
+                return load_symbol_table(debug)
+            except (OSError, ElfLoadError) as exc:
+                self._reject(path, str(exc))
+            except Exception as exc:  # untrusted input: any other failure is a bad file too
+                self._reject(path, repr(exc))
+        return None
+
+    def _crc(self, stream: BinaryIO, identity: FileIdentity) -> int:
+        crc = self._crcs.get(identity)
+        if crc is None:
+            crc = 0
+            stream.seek(0)
+            while chunk := stream.read(_CRC_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+            self._crcs.put(identity, crc)
+        return crc
+
+    def _reject(self, path: Path, reason: str, crc: bool = False) -> None:
+        counters = (
+            ("debug_file_errors", "debug_link_crc_mismatches") if crc else ("debug_file_errors",)
+        )
+        self._reporter.problem(
+            ("debug file", str(path), reason),
+            counters,
+            "skipping debug file %s: %s",
+            path,
+            reason,
+        )
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading if it is a regular file (never blocks on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
