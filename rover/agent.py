@@ -25,7 +25,9 @@ from rover.bpf.headers import HeaderSearch
 from rover.bpf.tracefs import ensure_tracefs
 from rover.config import AgentConfig
 from rover.continuous import ContinuousConfig, ContinuousProfiler
+from rover.health import HealthServer, Liveness, Readiness, probe_bpf
 from rover.hostfs import HostFS
+from rover.metrics import AgentParts, agent_registry
 from rover.periodic import PeriodicLoop
 from rover.process.finder import ProcessFinder
 from rover.process.model import DiscoveredProcess
@@ -33,6 +35,7 @@ from rover.symbols import Symbolizer
 from rover.tasks.engines import EngineSet
 from rover.tasks.manager import TaskManager
 from rover.tasks.poller import TaskPoller
+from rover.unwind.engine import UnwindSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,14 @@ class Agent:
         headers = HeaderSearch(
             hostfs=self.hostfs, configured_dir=config.profiling.kernel_headers or None
         )
-        self.engines = EngineSet(headers.find, EngineConfig(frequency=frequency))
+        self.headers = headers
+        self.engines = EngineSet(
+            headers.find,
+            EngineConfig(frequency=frequency),
+            unwind=config.profiling.unwind.value,
+            unwind_settings=UnwindSettings(stack_bytes=config.profiling.unwind_stack_bytes),
+            hostfs=self.hostfs,
+        )
         self.tasks = TaskManager(
             self.engines,
             self.symbolizer,
@@ -76,6 +86,13 @@ class Agent:
         self.loops = self._loops()
         self._stopped = threading.Event()
         self._snapshot: list[DiscoveredProcess] | None = None
+        self.readiness = Readiness(
+            backend_answered=lambda: self.client.connection_epoch > 0,
+            backend_addr=config.core.backend.addr,
+            bpf_needed=config.profiling.active,
+            bpf_loaded=lambda: bool(self.engines.loaded()),
+        )
+        self.health = self._health_server()  # binds now: a busy port fails before start
 
     def _continuous(self) -> ContinuousProfiler:
         settings = self.config.profiling.continuous
@@ -95,6 +112,23 @@ class Agent:
             meters=BackendMeterSink(self.client),
             processes=self.reporter,
         )
+
+    def _health_server(self) -> HealthServer | None:
+        """/healthz, /readyz and /metrics, when core.health.address is set."""
+        address = self.config.core.health.address
+        if not address:
+            return None
+        parts = AgentParts(
+            tasks=self.tasks,
+            engines=self.engines,
+            uploader=self.uploader,
+            client=self.client,
+            reporter=self.reporter,
+            loops=self.loops,
+            discovered=lambda: len(self._snapshot or ()),
+        )
+        liveness = Liveness(lambda: self.loops)
+        return HealthServer(address, liveness, self.readiness, agent_registry(parts))
 
     def _resolve(self, process_id: str) -> DiscoveredProcess | None:
         return self.reporter.registered().get(process_id)
@@ -132,8 +166,13 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         log.info("agent %s starting, backend %s", self.agent_id, self.config.core.backend.addr)
+        if self.health is not None:
+            self.health.start()
         if self.config.profiling.active and ensure_tracefs() is None:
             log.warning("tracefs is not mounted and could not be: off-CPU profiling will fail")
+        if self.health is not None and self.config.profiling.active:
+            # readiness needs to know that BPF loads here; in the background (a second or two)
+            self.readiness.probe_bpf(lambda: probe_bpf(self.headers.find, self.engines))
         for finder in self.finders:
             finder.start()
         for loop in self.loops:
@@ -163,6 +202,8 @@ class Agent:
                 self.uploader.pending,
             )
         self.client.close()
+        if self.health is not None:
+            self.health.stop()
         log.info("agent stopped in %.1fs", time.monotonic() - started)
 
     def run_until_signalled(self) -> None:

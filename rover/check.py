@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 from rover.bpf.headers import HeaderSearch, KernelHeaders, KernelHeadersNotFound
 from rover.bpf.tracefs import ensure_tracefs
+from rover.capabilities import capability_needs, effective_capabilities
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
-
-# Capability numbers from linux/capability.h.
-CAPABILITIES = {
-    "CAP_DAC_READ_SEARCH": 2,
-    "CAP_SYS_PTRACE": 19,
-    "CAP_SYS_ADMIN": 21,
-    "CAP_SYS_RESOURCE": 24,
-    "CAP_PERFMON": 38,
-    "CAP_BPF": 39,
-}
 
 
 @dataclass
@@ -35,19 +27,11 @@ class CheckResult:
         return f"[{mark:>4}] {self.name:<16} {self.detail}"
 
 
-def effective_capabilities(status_text: str) -> set[str]:
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            bits = int(line.split()[1], 16)
-            return {name for name, bit in CAPABILITIES.items() if bits >> bit & 1}
-    return set()
-
-
 def run_checks(
     hostfs: HostFS | None = None, kernel_headers: str | None = None
 ) -> list[CheckResult]:
     hostfs = hostfs or HostFS()
-    results = [_kernel(), _btf(hostfs), _perf_events(), _tracepoints(), _privileges()]
+    results = [_kernel(), _btf(hostfs), _perf_events(), _tracepoints(), *_privileges()]
     search = HeaderSearch(hostfs=hostfs, configured_dir=kernel_headers)
     headers: KernelHeaders | None = None
     try:
@@ -91,20 +75,46 @@ def _tracepoints() -> CheckResult:
             "tracepoints",
             False,
             "sched:sched_switch not found: mount tracefs "
-            "(mount -t tracefs tracefs /sys/kernel/tracing)",
+            "(mount -t tracefs tracefs /sys/kernel/tracing; in a container, mount the "
+            "host's /sys/kernel/tracing, or give CAP_SYS_ADMIN so rover can mount it)",
         )
     return CheckResult("tracepoints", True, f"sched:sched_switch at {found}")
 
 
-def _privileges() -> CheckResult:
+def _privileges() -> list[CheckResult]:
     caps = effective_capabilities(Path("/proc/self/status").read_text())
-    uid = os.geteuid()
-    can_bpf = "CAP_SYS_ADMIN" in caps or {"CAP_BPF", "CAP_PERFMON"} <= caps
     names = ", ".join(sorted(caps)) or "none"
-    detail = f"uid {uid}, capabilities: {names}"
-    if not can_bpf:
-        detail += " (needs CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN on kernels before 5.8)"
-    return CheckResult("privileges", can_bpf, detail)
+    overview = CheckResult("privileges", True, f"uid {os.geteuid()}, capabilities: {names}")
+    kallsyms = _kallsyms_settings()
+    results = [overview]
+    for need in capability_needs(_kernel_version(), _memlock_hard_limit(), kallsyms):
+        present, detail = need.describe(caps)
+        results.append(CheckResult("privileges", present, detail, required=need.required))
+    if kallsyms[0] >= 2:
+        detail = "kernel.kptr_restrict=2 hides kernel addresses from everyone: kernel frames "
+        detail += "show as [kernel]+0xaddress (sysctl kernel.kptr_restrict=1 and CAP_SYSLOG fix it)"
+        results.append(CheckResult("kernel symbols", False, detail, required=False))
+    return results
+
+
+def _kernel_version() -> tuple[int, int]:
+    major, minor = platform.release().split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _memlock_hard_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+
+
+def _kallsyms_settings() -> tuple[int, int]:
+    """(kernel.kptr_restrict, kernel.perf_event_paranoid); missing files read as 0 and 2."""
+    values = []
+    for name, default in (("kptr_restrict", 0), ("perf_event_paranoid", 2)):
+        try:
+            values.append(int(Path(f"/proc/sys/kernel/{name}").read_text().strip()))
+        except (OSError, ValueError):
+            values.append(default)
+    return values[0], values[1]
 
 
 def _can_profile(profile_type: ProfileType, headers: KernelHeaders | None) -> CheckResult:

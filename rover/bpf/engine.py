@@ -90,6 +90,10 @@ class ProfilerEngine:
         self._stats_seen = [0] * len(STAT_NAMES)
         self._known_stack_ids: set[int] = set()
         self._pids: set[int] = set()
+        # For metrics: keys drained so far, and how full the last drained counts map was
+        # (near 1.0 means events are being dropped as counts_map_full).
+        self.stacks_drained = 0
+        self.last_counts_fill = 0.0
         self._set_active(0)
         self._attach()
 
@@ -156,6 +160,8 @@ class ProfilerEngine:
             self._set_active(1 - self._active)
             table = self._bpf[drained]
             items = _take_all(table)
+            self.stacks_drained += len(items)
+            self.last_counts_fill = len(items) / self.config.max_stacks
             result = DrainResult(counters=self._stat_deltas())
             resolved: dict[int, tuple[int, ...] | None] = {}
             unresolved = 0

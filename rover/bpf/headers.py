@@ -27,7 +27,14 @@ from rover.hostfs import HostFS
 log = logging.getLogger(__name__)
 
 DEFAULT_SHIPPED_DIR = "/usr/share/rover/kernel-headers"
+# Set by an install elsewhere (scripts/install.sh --headers-dir) to where it put them.
+SHIPPED_DIR_ENV = "ROVER_SHIPPED_KERNEL_HEADERS"
 _ARCH = {"x86_64": "x86", "aarch64": "arm64"}
+
+
+def shipped_headers_dir() -> str:
+    """``$ROVER_SHIPPED_KERNEL_HEADERS`` when set, else /usr/share/rover/kernel-headers."""
+    return os.environ.get(SHIPPED_DIR_ENV) or DEFAULT_SHIPPED_DIR
 
 
 class KernelHeadersNotFound(Exception):
@@ -72,7 +79,7 @@ class HeaderSearch:
 
     hostfs: HostFS = field(default_factory=HostFS)
     configured_dir: str | None = None
-    shipped_dir: str = DEFAULT_SHIPPED_DIR
+    shipped_dir: str = field(default_factory=shipped_headers_dir)
     release: str = field(default_factory=platform.release)
     tried: list[str] = field(default_factory=list)
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from rover._data import data_dir
 from rover.bpf.headers import KernelHeaders
 
 _COMPILE_LOCK = threading.Lock()
@@ -26,11 +27,12 @@ class BPFLoadError(Exception):
 
 
 def bpf_source_dir() -> Path:
-    """Where bpf/*.c live: ``ROVER_BPF_DIR``, else the repository's (or image's) bpf/."""
+    """Where bpf/*.c live: ``ROVER_BPF_DIR``, else the installed package's copy or the
+    repository's bpf/ (see rover._data)."""
     env = os.environ.get("ROVER_BPF_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "bpf"
+    return data_dir("bpf")
 
 
 def load_program(name: str, headers: KernelHeaders, defines: dict[str, int]):
