@@ -476,7 +476,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(result.line())
     failed = [r for r in results if r.required and not r.ok]
     if failed:
-        print(f"profiling cannot work: {', '.join(r.name for r in failed)} failed", file=sys.stderr)
+        names = ", ".join(dict.fromkeys(r.name for r in failed))  # one capability = one line
+        print(f"profiling cannot work: {names} failed", file=sys.stderr)
         return EXIT_FAILURE
     print("profiling can run on this machine")
     return EXIT_OK
