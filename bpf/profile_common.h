@@ -34,21 +34,9 @@ enum rover_stat {
     STAT_COUNT
 };
 
-BPF_HASH(pids, u32, u8, MAX_PIDS);
-BPF_PERCPU_ARRAY(stats, u64, STAT_COUNT);
+#include "pid_filter.h"
 BPF_STACK_TRACE(stacks, STACK_MAP_SIZE);
 
-static __always_inline void stat_add(int which)
-{
-    u64 *v = stats.lookup(&which);
-    if (v)
-        (*v)++;
-}
-
-static __always_inline int is_profiled(u32 tgid)
-{
-    return pids.lookup(&tgid) != 0;
-}
 
 /* Stack id, or a negative errno. EFAULT (no user stack: kernel thread, or
  * kernel stack of a sample taken in user mode) is normal and not counted. */

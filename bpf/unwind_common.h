@@ -77,22 +77,10 @@ enum unwind_stat {
     STAT_COUNT
 };
 
-BPF_HASH(pids, u32, u8, MAX_PIDS);
-BPF_PERCPU_ARRAY(stats, u64, STAT_COUNT);
+#include "pid_filter.h"
 BPF_ARRAY(scratch, struct sample, MAX_CPUS);
 BPF_RINGBUF_OUTPUT(samples, RINGBUF_PAGES);
 
-static __always_inline void stat_add(int which)
-{
-    u64 *v = stats.lookup(&which);
-    if (v)
-        (*v)++;
-}
-
-static __always_inline int is_profiled(u32 tgid)
-{
-    return pids.lookup(&tgid) != 0;
-}
 
 static __always_inline struct sample *scratch_slot(void)
 {

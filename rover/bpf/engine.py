@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 
 from rover.bpf.headers import KernelHeaders
-from rover.bpf.loader import BPFLoadError, load_program
+from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
 from rover.profile import ProfileType
 
 log = logging.getLogger(__name__)
@@ -100,21 +100,11 @@ class ProfilerEngine:
     # -- lifecycle -------------------------------------------------------
     def _attach(self) -> None:
         if self.type is ProfileType.ON_CPU:
-            from bcc import PerfSWConfig, PerfType
-
             try:
-                self._bpf.attach_perf_event(
-                    ev_type=PerfType.SOFTWARE,
-                    ev_config=PerfSWConfig.CPU_CLOCK,
-                    fn_name=b"on_cpu_sample",
-                    sample_freq=self.config.frequency,
-                )
-            except Exception as exc:
+                attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
+            except BPFLoadError:
                 self.close()
-                raise BPFLoadError(
-                    f"could not attach the CPU-clock perf event: {exc} "
-                    "(needs CAP_PERFMON or CAP_SYS_ADMIN and perf_event_paranoid <= 2)"
-                ) from exc
+                raise
         # off-CPU: TRACEPOINT_PROBE is attached by bcc when the program loads.
 
     def close(self) -> None:

@@ -61,21 +61,43 @@ def load_program(name: str, headers: KernelHeaders, defines: dict[str, int]):
             ) from exc
 
 
-def inline_local_includes(source: Path) -> str:
-    """The program text with ``#include "local.h"`` replaced by the file itself.
+def inline_local_includes(source: Path, seen: set[Path] | None = None) -> str:
+    """The program text with every ``#include "local.h"`` replaced by the file itself.
 
     bcc rewrites map methods (``stats.lookup(...)``) only in the main file, so
-    shared code in our own headers must become part of it.
+    shared code in our own headers must become part of it. Nested local
+    includes are followed; each header is inlined once (``#pragma once``).
     """
+    seen = set() if seen is None else seen
     out = []
     for line in source.read_text().splitlines():
         m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
         local = source.parent / m.group(1) if m else None
         if local is not None and local.is_file():
-            out.append(local.read_text().replace("#pragma once", ""))
+            if local.resolve() not in seen:
+                seen.add(local.resolve())
+                out.append(inline_local_includes(local, seen).replace("#pragma once", ""))
         else:
             out.append(line)
     return "\n".join(out) + "\n"
+
+
+def attach_cpu_clock(bpf, fn_name: bytes, frequency: int) -> None:  # noqa: ANN001
+    """Attach ``fn_name`` to a software CPU-clock perf event on every CPU."""
+    from bcc import PerfSWConfig, PerfType
+
+    try:
+        bpf.attach_perf_event(
+            ev_type=PerfType.SOFTWARE,
+            ev_config=PerfSWConfig.CPU_CLOCK,
+            fn_name=fn_name,
+            sample_freq=frequency,
+        )
+    except Exception as exc:  # bcc raises bare Exception
+        raise BPFLoadError(
+            f"could not attach the CPU-clock perf event: {exc} "
+            "(needs CAP_PERFMON or CAP_SYS_ADMIN and perf_event_paranoid <= 2)"
+        ) from exc
 
 
 @contextlib.contextmanager

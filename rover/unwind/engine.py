@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from rover.bpf.engine import DrainResult, EngineConfig, RawStack
 from rover.bpf.headers import KernelHeaders
-from rover.bpf.loader import BPFLoadError, load_program
+from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
 from rover.unwind.process_space import ProcessSpaces
@@ -167,21 +167,11 @@ class DwarfProfilerEngine:
     def _attach(self) -> None:
         if self.type is not ProfileType.ON_CPU:
             return  # TRACEPOINT_PROBE is attached by bcc when the program loads
-        from bcc import PerfSWConfig, PerfType
-
         try:
-            self._bpf.attach_perf_event(
-                ev_type=PerfType.SOFTWARE,
-                ev_config=PerfSWConfig.CPU_CLOCK,
-                fn_name=b"on_cpu_sample",
-                sample_freq=self.config.frequency,
-            )
-        except Exception as exc:
+            attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
+        except BPFLoadError:
             self.close()
-            raise BPFLoadError(
-                f"could not attach the CPU-clock perf event: {exc} "
-                "(needs CAP_PERFMON or CAP_SYS_ADMIN and perf_event_paranoid <= 2)"
-            ) from exc
+            raise
 
     def close(self) -> None:
         stop = getattr(self, "_stop", None)
