@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -106,22 +108,47 @@ def test_backend_absent_at_start_then_appears(fake_oap, start_agent, spawn, work
     wait_task_samples(fake_oap, task.task_id, lambda s: hot_share(s, "c_hot_spin") > 0.5)
 
 
+def metric(address, name, labels=""):
+    """A value from the agent's Prometheus endpoint (0 when absent)."""
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def free_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 def test_backend_restart_mid_task_loses_nothing(fake_oap, start_agent, spawn, workloads, tmp_path):
+    """Every sample the kernel counted for the task reaches the backend, across an outage."""
     binary = unique_copy(workloads, "hot_c_fp", tmp_path)
     spawn([binary])
-    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "restart-svc"))
+    health = free_address()
+    env = scanner_env(fake_oap.addr, binary.name, "restart-svc", ROVER_HEALTH_ADDRESS=health)
+    agent = start_agent(env)
     proc = wait_reported(fake_oap, "restart-svc")
     task = fake_oap.add_task(proc.process_id, duration_s=8)
     wait_task_samples(fake_oap, task.task_id, lambda s: s)  # running and uploading
+    before_outage = sum(s.dump_count for s in of_task(fake_oap, task.task_id))
     fake_oap.stop()
     time.sleep(4)  # samples keep being collected while the backend is down
     fake_oap.start()
-    # after the run (8 s at 99 Hz) every sample must have arrived: ~790, allow 20%
-    data = wait_task_samples(
-        fake_oap, task.task_id, lambda s: sum(x.dump_count for x in s) >= 0.8 * 99 * 8, timeout=40
-    )
-    total = sum(s.dump_count for s in data)
-    assert total <= 1.2 * 99 * 8, total
+    fake_oap.wait_for(lambda _: "finished" in agent.log_text(), timeout=40, what="task end")
+
+    def delivered(_):
+        return metric(health, "rover_upload_pending_messages") == 0 and of_task(
+            fake_oap, task.task_id
+        )
+
+    fake_oap.wait_for(delivered, timeout=30, what="the queue to drain")
+    collected = metric(health, "rover_samples_collected_total", 'profiling_type="ON_CPU"')
+    uploaded = sum(s.dump_count for s in of_task(fake_oap, task.task_id))
+    assert uploaded == collected > before_outage
+    assert metric(health, "rover_upload_dropped_messages_total") == 0
     assert agent.running()
 
 

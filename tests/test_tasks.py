@@ -266,3 +266,26 @@ def test_poller_advances_latest_update_time_only_for_usable_commands():
     poller.poll()
     assert source.queries == [("agent-1", 0), ("agent-1", 100)]
     assert poller.malformed == 1 and poller.ignored == 1
+
+
+@pytest.mark.bpf
+def test_duration_counts_from_the_real_start_after_a_slow_engine_load(spawn, workloads):
+    """A first compile takes seconds; the task must still profile for its whole duration."""
+    busy = spawn([workloads.build("hot_c_fp")])
+
+    def slow_headers():
+        time.sleep(2.0)  # stands in for a slow first compile on a loaded node
+        return HeaderSearch().find()
+
+    engine_set = EngineSet(slow_headers, EngineConfig())
+    manager, uploader = make_manager(engine_set, {"p1": busy.pid})
+    try:
+        manager.apply(parse_task_command(task_args(FixedTriggerDuration=2)))
+        manager.tick()  # loads the engine (slowly) and starts the task
+        run = manager.runs()[0]
+        assert run.state == "running"
+        assert run.started_ms >= int(time.time() * 1000) - 500  # stamped after the load
+        run_until(manager, 1.5)
+        assert manager.runs() and manager.runs()[0].state == "running"
+    finally:
+        engine_set.close()

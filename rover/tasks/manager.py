@@ -165,12 +165,12 @@ class TaskManager:
         with self._lock:
             for run in list(self._runs.values()):
                 if run.state == "waiting" and now >= run.task.start_time_ms:
-                    self._start(run, now)
+                    self._start(run)
                 elif run.state == "running" and now >= run.stop_at_ms:
                     log.info("task %s: duration over", run.task.task_id)
                     self._stop(run)
 
-    def _start(self, run: TaskRun, now: int) -> None:
+    def _start(self, run: TaskRun) -> None:
         for process_id, pid in list(run.pids.items()):
             try:
                 self.symbolizer.prepare(pid)
@@ -188,7 +188,9 @@ class TaskManager:
             self._fail(run, str(exc).splitlines()[0])
             return
         run.state = "running"
-        run.started_ms = now
+        # Stamped after the engine is attached (a first compile takes seconds):
+        # the duration counts from when profiling really began (spec 4.5).
+        run.started_ms = self._now_ms()
         self.counters["tasks_started"] += 1
         log.info("task %s: profiling started", run.task.task_id)
 
