@@ -23,8 +23,12 @@ def samples(fake_oap) -> list[Sample]:  # noqa: ANN001
     """Every EBPFProfilingData with the task metadata the OAP would apply to it.
 
     Within a stream the latest metadata applies to the messages after it (spec 4.6).
+    A message the agent re-sent (a stream that failed after the backend had
+    stored it) is counted once: the OAP keys a record by its schedule (task,
+    process, profiling start), stack ids and currentTime, so a resend overwrites.
     """
     result = []
+    seen = set()
     for stream in fake_oap.requests("collectProfilingData"):
         meta = None
         for message in stream:
@@ -32,6 +36,13 @@ def samples(fake_oap) -> list[Sample]:  # noqa: ANN001
                 meta = message.task
             assert meta is not None, "a stream must start with task metadata"
             body = message.onCPU if message.HasField("onCPU") else message.offCPU
+            record = (
+                meta.taskId, meta.processId, meta.profilingStartTime, meta.currentTime,
+                tuple((s.stackType, s.stackId) for s in body.stacks),
+            )  # fmt: skip
+            if record in seen:
+                continue
+            seen.add(record)
             stacks = {s.stackType: list(s.stackSymbols) for s in body.stacks}
             sample = Sample(
                 meta.taskId, meta.processId, meta.profilingStartTime,
