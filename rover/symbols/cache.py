@@ -74,19 +74,23 @@ class KnownBadFile(ElfLoadError):
     """A file that already failed to load (and was reported then)."""
 
 
-class ElfSymbolsCache:
-    """Loads each ELF file's symbols once; see the module docstring for the keys."""
+class PerFileCache(Generic[V]):
+    """Something computed once per ELF file, found again by identity or build id.
 
-    def __init__(self, capacity: int = 512, reporter: Reporter | None = None) -> None:
-        self._reporter = reporter
-        self._by_identity: LruCache[FileIdentity, ElfSymbols] = LruCache(capacity)
-        self._by_build_id: LruCache[str, ElfSymbols] = LruCache(capacity)
+    Subclasses compute the value from the file's headers (``_compute``) and
+    may look it up by build id there; this class keeps the identity key and
+    remembers files that failed, so each bad file is parsed (and reported) once.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._by_identity: LruCache[FileIdentity, V] = LruCache(capacity)
+        self._by_build_id: LruCache[str, V] = LruCache(capacity)
         self._failed: LruCache[FileIdentity, str] = LruCache(capacity)
         self.loads = 0  # files parsed
         self.hits = 0  # files served from the cache
 
-    def cached(self, identity: FileIdentity) -> ElfSymbols | None:
-        """The symbols of the file with this identity, if loaded before.
+    def cached(self, identity: FileIdentity) -> V | None:
+        """The value of the file with this identity, if computed before.
 
         Raises :class:`KnownBadFile` for a file that failed before.
         """
@@ -98,6 +102,34 @@ class ElfSymbolsCache:
         if reason is not None:
             raise KnownBadFile(reason)
         return None
+
+    def _load(
+        self, stream: BinaryIO, identity: FileIdentity | None, compute: Callable[[ElfImage], V]
+    ) -> V:
+        """``compute`` the value of the file open as ``stream``; bad files raise ElfLoadError."""
+        try:
+            found = compute(ElfImage(stream))
+        except ElfLoadError as exc:
+            self._remember_failure(identity, str(exc))
+            raise
+        except Exception as exc:  # untrusted input: any other failure also means "bad file"
+            self._remember_failure(identity, repr(exc))
+            raise ElfLoadError(repr(exc)) from exc
+        if identity is not None:
+            self._by_identity.put(identity, found)
+        return found
+
+    def _remember_failure(self, identity: FileIdentity | None, reason: str) -> None:
+        if identity is not None:
+            self._failed.put(identity, reason)
+
+
+class ElfSymbolsCache(PerFileCache[ElfSymbols]):
+    """Loads each ELF file's symbols once; see the module docstring for the keys."""
+
+    def __init__(self, capacity: int = 512, reporter: Reporter | None = None) -> None:
+        super().__init__(capacity)
+        self._reporter = reporter
 
     def load(
         self,
@@ -113,30 +145,24 @@ class ElfSymbolsCache:
         ``subject`` names the file in reports. Raises :class:`ElfLoadError`
         (remembered under ``identity``) for a bad file.
         """
-        try:
-            image = ElfImage(stream)
-            found = self._by_build_id.get(image.build_id) if image.build_id else None
-            debug = None
-            if not (found is not None and found.complete) and not image.has_symtab and find_debug:
-                debug = find_debug(image)
-            if found is not None and (found.complete or (debug is None and not image.has_symtab)):
-                self.hits += 1
-            else:
-                loaded = file_table(image, debug, self._reporter, subject)
-                found = ElfSymbols(loaded.table, image, loaded.sources, loaded.complete)
-                self.loads += 1
-                if image.build_id:
-                    self._by_build_id.put(image.build_id, found)
-        except ElfLoadError as exc:
-            self._remember_failure(identity, str(exc))
-            raise
-        except Exception as exc:  # untrusted input: any other failure also means "bad file"
-            self._remember_failure(identity, repr(exc))
-            raise ElfLoadError(repr(exc)) from exc
-        if identity is not None:
-            self._by_identity.put(identity, found)
-        return found
+        return self._load(stream, identity, lambda image: self._symbols(image, find_debug, subject))
 
-    def _remember_failure(self, identity: FileIdentity | None, reason: str) -> None:
-        if identity is not None:
-            self._failed.put(identity, reason)
+    def _symbols(
+        self,
+        image: ElfImage,
+        find_debug: Callable[[ElfImage], ElfSymbolTable | None] | None,
+        subject: str,
+    ) -> ElfSymbols:
+        found = self._by_build_id.get(image.build_id) if image.build_id else None
+        debug = None
+        if not (found is not None and found.complete) and not image.has_symtab and find_debug:
+            debug = find_debug(image)
+        if found is not None and (found.complete or (debug is None and not image.has_symtab)):
+            self.hits += 1
+            return found
+        loaded = file_table(image, debug, self._reporter, subject)
+        found = ElfSymbols(loaded.table, image, loaded.sources, loaded.complete)
+        self.loads += 1
+        if image.build_id:
+            self._by_build_id.put(image.build_id, found)
+        return found

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from elftools.elf.elffile import ELFFile
 
-from rover.symbols.cache import FileIdentity, KnownBadFile, LruCache
+from rover.symbols.cache import FileIdentity, PerFileCache
 from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.unwind.cfi import decode_rows
 from rover.unwind.cfi_table import CfiTable
@@ -110,59 +110,30 @@ def _section_bytes(image: ElfImage, section: Section) -> bytes:
     return out
 
 
-class UnwindInfoCache:
+class UnwindInfoCache(PerFileCache[FileUnwindInfo]):
     """Loads each file's CFI once; keyed by identity and build id (see module docstring)."""
 
     def __init__(self, capacity: int = 256) -> None:
-        self._by_identity: LruCache[FileIdentity, FileUnwindInfo] = LruCache(capacity)
-        self._by_build_id: LruCache[str, FileUnwindInfo] = LruCache(capacity)
-        self._failed: LruCache[FileIdentity, str] = LruCache(capacity)
-        self.loads = 0
-        self.hits = 0
-
-    def cached(self, identity: FileIdentity) -> FileUnwindInfo | None:
-        """The info of the file with this identity, if loaded before.
-
-        Raises :class:`KnownBadFile` for a file that failed before.
-        """
-        found = self._by_identity.get(identity)
-        if found is not None:
-            self.hits += 1
-            return found
-        reason = self._failed.get(identity)
-        if reason is not None:
-            raise KnownBadFile(reason)
-        return None
+        super().__init__(capacity)
 
     def load(self, stream: BinaryIO, identity: FileIdentity | None) -> FileUnwindInfo:
         """The CFI of the file open as ``stream``; raises :class:`ElfLoadError` for a bad one."""
-        try:
-            image = ElfImage(stream)
-            found = self._by_build_id.get(image.build_id) if image.build_id else None
-            if found is not None:
-                self.hits += 1
-            else:
-                found = load_unwind_info(stream, image)
-                self.loads += 1
-                if found.errors:
-                    log.warning(
-                        "malformed CFI skipped (%d entries, first: %s); frames there fall "
-                        "back to frame pointers",
-                        len(found.errors),
-                        found.errors[0],
-                    )
-                if image.build_id:
-                    self._by_build_id.put(image.build_id, found)
-        except ElfLoadError as exc:
-            self._remember_failure(identity, str(exc))
-            raise
-        except Exception as exc:  # untrusted input: any failure means a bad file
-            self._remember_failure(identity, repr(exc))
-            raise ElfLoadError(repr(exc)) from exc
-        if identity is not None:
-            self._by_identity.put(identity, found)
-        return found
+        return self._load(stream, identity, lambda image: self._unwind_info(stream, image))
 
-    def _remember_failure(self, identity: FileIdentity | None, reason: str) -> None:
-        if identity is not None:
-            self._failed.put(identity, reason)
+    def _unwind_info(self, stream: BinaryIO, image: ElfImage) -> FileUnwindInfo:
+        found = self._by_build_id.get(image.build_id) if image.build_id else None
+        if found is not None:
+            self.hits += 1
+            return found
+        found = load_unwind_info(stream, image)
+        self.loads += 1
+        if found.errors:
+            log.warning(
+                "malformed CFI skipped (%d entries, first: %s); frames there fall "
+                "back to frame pointers",
+                len(found.errors),
+                found.errors[0],
+            )
+        if image.build_id:
+            self._by_build_id.put(image.build_id, found)
+        return found
