@@ -58,6 +58,10 @@ class UnwindResult:
     status: str
     fp_frames: int = 0  # frames stepped by frame pointer (no CFI)
     signal_frames: int = 0
+    # With ``record_reads``: every stack word the walk read, as (address, value). The
+    # result is a function of the registers, these words and the mappings alone, so a
+    # later stop with equal registers and equal words unwinds to the same frames.
+    reads: tuple[tuple[int, int], ...] = ()
 
 
 class Unwinder:
@@ -68,7 +72,14 @@ class Unwinder:
         self.max_frames = max_frames
 
     def unwind(
-        self, pid: int, ip: int, sp: int, bp: int, stack: bytes, stack_copied: bool = True
+        self,
+        pid: int,
+        ip: int,
+        sp: int,
+        bp: int,
+        stack: bytes,
+        stack_copied: bool = True,
+        record_reads: bool = False,
     ) -> UnwindResult:
         if not ip:
             return UnwindResult((), Status.NO_STACK)
@@ -77,10 +88,17 @@ class Unwinder:
         space = self.spaces.space(pid)
         if space is None:
             return UnwindResult((ip,), Status.NO_MAPS)
-        return self._walk(pid, space, ip, sp, bp, stack)
+        return self._walk(pid, space, ip, sp, bp, stack, record_reads)
 
     def _walk(
-        self, pid: int, space: ProcessSpace, ip: int, sp: int, bp: int | None, stack: bytes
+        self,
+        pid: int,
+        space: ProcessSpace,
+        ip: int,
+        sp: int,
+        bp: int | None,
+        stack: bytes,
+        record_reads: bool,
     ) -> UnwindResult:
         base, top = sp, sp + len(stack)
         unpack = _U64.unpack_from
@@ -88,11 +106,16 @@ class Unwinder:
         pc, exact = ip, True
         fp_frames = signal_frames = 0
         module_at = self.spaces.module_at
+        reads: list[tuple[int, int]] = []
 
         def read(address: int) -> int | None:
+            # Every stack access goes through here (see UnwindResult.reads).
             if address < base or address + 8 > top:
                 return None
-            return unpack(stack, address - base)[0]
+            value = unpack(stack, address - base)[0]
+            if record_reads:
+                reads.append((address, value))
+            return value
 
         def past_window(address: int) -> bool:
             return address + 8 > top
@@ -169,4 +192,4 @@ class Unwinder:
             pc, exact, sp, bp = ra, False, new_sp, caller_bp
         if status == Status.TRUNCATED:
             out.append(TRUNCATED)
-        return UnwindResult(tuple(out), status, fp_frames, signal_frames)
+        return UnwindResult(tuple(out), status, fp_frames, signal_frames, tuple(reads))
