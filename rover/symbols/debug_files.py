@@ -1,4 +1,5 @@
-"""Separate debug files: the full ``.symtab`` of a stripped binary, kept elsewhere.
+"""Separate debug files: the full ``.symtab`` (and ``.debug_frame``) of a stripped
+binary, kept elsewhere.
 
 Found as gdb finds them ("Separate Debug Files" in its manual), in this order:
 
@@ -9,8 +10,10 @@ Found as gdb finds them ("Separate Debug Files" in its manual), in this order:
 Each place is looked up inside the target process's root (its container's
 files) first, then on the host. A debug-link candidate whose CRC does not match
 is another build's file: it is skipped, counted and logged. A debug file's
-symbol values are the binary's virtual addresses, so the binary's program
-headers still give the load bias.
+symbol values (and CFI addresses) are the binary's virtual addresses, so the
+binary's program headers still give the load bias. The symbolizer and the
+unwinder (``rover.unwind.tables``) share this one locator, each with its own
+reader and counters.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import posixpath
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from rover.hostfs import HostFS
 from rover.symbols.cache import FileIdentity, LruCache, file_identity
@@ -37,6 +40,8 @@ _MAX_LINK_BYTES = 4096
 _CRC_CHUNK = 1 << 20
 _MAX_DEBUG_FILE = 4 << 30  # the debug info of the biggest libraries is ~2 GB
 _NOT_THERE = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +72,25 @@ def read_debug_link(image: ElfImage) -> DebugLink | None:
 
 
 class DebugFiles:
-    """Finds, verifies and loads the debug file of a stripped binary."""
+    """Finds and verifies the debug file of a stripped binary, then reads it.
 
-    def __init__(self, hostfs: HostFS, reporter: Reporter) -> None:
+    One locator for every reader (symbols here, ``.debug_frame`` for the
+    unwinder), so the search order lives in one place: :meth:`find`.
+    """
+
+    def __init__(
+        self,
+        hostfs: HostFS,
+        reporter: Reporter,
+        error_counter: str = "debug_file_errors",
+        crc_counter: str | None = "debug_link_crc_mismatches",
+        purpose: str = "symbols",
+    ) -> None:
         self._hostfs = hostfs
         self._reporter = reporter
+        self._purpose = purpose  # what the debug file was wanted for, in warnings
+        self._error_counter = error_counter
+        self._crc_counter = crc_counter
         # CRC32 of candidate files by identity: hashing a big debug file once is enough.
         self._crcs: LruCache[FileIdentity, int] = LruCache(256)
 
@@ -82,19 +101,42 @@ class DebugFiles:
 
         ``binary_path`` is the binary's path as process ``pid`` sees it.
         """
+        return self.find(image, pid, binary_path, binary, lambda debug, _: load_symbol_table(debug))
+
+    def find(
+        self,
+        image: ElfImage,
+        pid: int,
+        binary_path: str,
+        binary: FileIdentity | None,
+        read: Callable[[ElfImage, BinaryIO], T],
+    ) -> T | None:
+        """``read(debug image, its stream)`` of the first usable debug file of ``image``.
+
+        None when there is none. A candidate that fails its checks, or whose
+        ``read`` raises, is reported once and the search goes on.
+        """
         seen: set[FileIdentity] = {binary} if binary else set()
+        for path, link in self._candidates(image, pid, binary_path):
+            found = self._try(path, image, link, seen, read)
+            if found is not None:
+                return found
+        return None
+
+    def _candidates(
+        self, image: ElfImage, pid: int, binary_path: str
+    ) -> Iterator[tuple[Path, DebugLink | None]]:
+        """Where ``image``'s debug file may be, in gdb's order (see the module docstring)."""
         if image.build_id and len(image.build_id) > 2:
             relative = f".build-id/{image.build_id[:2]}/{image.build_id[2:]}.debug"
             for path in self._places(pid, posixpath.join(DEBUG_ROOT, relative)):
-                table = self._try(path, image, None, seen)
-                if table is not None:
-                    return table
+                yield path, None
         try:
             link = read_debug_link(image)
         except ElfLoadError:
             link = None
         if link is None:
-            return None
+            return
         directory = posixpath.dirname(binary_path) or "/"
         for candidate in (
             posixpath.join(directory, link.name),
@@ -102,18 +144,20 @@ class DebugFiles:
             posixpath.join(DEBUG_ROOT + directory, link.name),
         ):
             for path in self._places(pid, candidate):
-                table = self._try(path, image, link, seen)
-                if table is not None:
-                    return table
-        return None
+                yield path, link
 
     def _places(self, pid: int, path: str) -> Iterator[Path]:
         yield self._hostfs.target_path(pid, path)
         yield self._hostfs.host_path(path)
 
     def _try(
-        self, path: Path, image: ElfImage, link: DebugLink | None, seen: set[FileIdentity]
-    ) -> ElfSymbolTable | None:
+        self,
+        path: Path,
+        image: ElfImage,
+        link: DebugLink | None,
+        seen: set[FileIdentity],
+        read: Callable[[ElfImage, BinaryIO], T],
+    ) -> T | None:
         try:
             stream = _open_regular(path)
         except OSError as exc:
@@ -139,7 +183,7 @@ class DebugFiles:
                 if image.build_id and debug.build_id and debug.build_id != image.build_id:
                     self._reject(path, f"its build id {debug.build_id} is not the binary's")
                     return None
-                return load_symbol_table(debug)
+                return read(debug, stream)
             except (OSError, ElfLoadError) as exc:
                 self._reject(path, str(exc))
             except Exception as exc:  # untrusted input: any other failure is a bad file too
@@ -157,14 +201,15 @@ class DebugFiles:
         return crc
 
     def _reject(self, path: Path, reason: str, crc: bool = False) -> None:
-        counters = (
-            ("debug_file_errors", "debug_link_crc_mismatches") if crc else ("debug_file_errors",)
-        )
+        counters = (self._error_counter,)
+        if crc and self._crc_counter:
+            counters += (self._crc_counter,)
         self._reporter.problem(
             ("debug file", str(path), reason),
             counters,
-            "skipping debug file %s: %s",
+            "skipping debug file %s for %s: %s",
             path,
+            self._purpose,
             reason,
         )
 

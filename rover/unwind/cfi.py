@@ -1,9 +1,17 @@
 """Decoding DWARF call frame information (``.eh_frame``, ``.debug_frame``) into rows.
 
 Only what an x86-64 unwinder needs is kept: for each address range, how to
-find the CFA (from RSP or RBP plus an offset), where the return address and
-the caller's RBP were saved (offsets from the CFA), and whether the frame is a
-signal frame. Other registers' rules are read and dropped.
+find the CFA (from RSP or RBP plus an offset, or a DWARF expression), where the
+return address and the caller's RBP were saved (offsets from the CFA, or
+expressions), and whether the frame is a signal frame. Other registers' rules
+are read and dropped.
+
+Expressions are rare but repeat (one realigning function after another has
+the same two), so each distinct expression's bytes are stored once per file,
+in ``CfiRows.expressions``, and rows refer to them by index: the CFA column of
+a ``CFA_EXPR`` row, and ``EXPR_RULE + i`` / ``VAL_EXPR_RULE + i`` in the
+register columns. ``DW_CFA_val_offset`` and ``DW_CFA_register`` (held in RSP,
+RBP or RIP) become synthesized value expressions; see ``dwarf_expr.py``.
 
 This is a hand-written decoder rather than pyelftools' ``get_decoded()``:
 pyelftools builds several Python objects per instruction and per row (minutes
@@ -26,10 +34,15 @@ NO_CFI = 3  # no FDE covers the address
 SIGNAL_FRAME = 4  # a sigreturn trampoline (CIE augmentation "S"): registers are in a ucontext
 OUTERMOST = 5  # the return address is undefined: the first frame of a thread
 CFA_PLT = 6  # the lazy-binding PLT expression: RSP + 8, + 8 more past byte cfa_offset of 16
+CFA_EXPR = 7  # CFA = the value of expression number cfa_offset
 
 # Offsets from the CFA that mean "not saved in this frame".
 SAME_VALUE = 1 << 30  # the register still holds the caller's value
-UNKNOWN = (1 << 30) + 1  # saved somewhere we cannot follow (register, expression)
+UNKNOWN = (1 << 30) + 1  # saved somewhere we cannot follow (another register)
+# Register rules by expression number i (within int32, far above any offset):
+EXPR_RULE = 0x5000_0000  # EXPR_RULE + i: saved at the address expression i computes
+VAL_EXPR_RULE = 0x6000_0000  # VAL_EXPR_RULE + i: the value is what expression i computes
+MAX_EXPRESSIONS = 0x1000_0000
 
 _RSP, _RBP, _RA = 7, 6, 16
 
@@ -37,6 +50,16 @@ _RSP, _RBP, _RA = 7, 6, 16
 # DW_OP_lit<N>; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus  (N = 11 or 10).
 _PLT_PREFIX = bytes([0x77, 0x08, 0x80, 0x00, 0x3F, 0x1A])
 _PLT_SUFFIX = bytes([0x2A, 0x33, 0x24, 0x22])
+
+
+class CfiRows(list):
+    """``decode_rows``' rows, with the distinct expression bytes their rules refer to."""
+
+    __slots__ = ("expressions",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expressions: tuple[bytes, ...] = ()
 
 
 class CfiError(Exception):
@@ -72,18 +95,20 @@ _State = tuple[int, int, int, int]
 
 def decode_rows(
     data: bytes, section_addr: int, is_eh_frame: bool, errors: list[str] | None = None
-) -> list[tuple[int, int, _State]]:
+) -> CfiRows:
     """Every row of every FDE in a CFI section, as ``(pc, fde_end, state)``.
 
     A state holds from its ``pc`` to the next row of the same FDE, and the FDE
     ends at ``fde_end``. Malformed entries are skipped (their reasons appended
     to ``errors``); a malformed length ends the walk (nothing after it can be
     located). ``section_addr`` is the section's virtual address (for
-    pc-relative pointers).
+    pc-relative pointers). The expressions rows refer to are in
+    ``.expressions`` of the result.
     """
-    out: list[tuple[int, int, _State]] = []
+    out = CfiRows()
     cies: dict[int, _Cie | None] = {}
     memo: dict[tuple[int, bytes], list[tuple[int, _State]]] = {}
+    expressions: dict[bytes, int] = {}
     pos, size = 0, len(data)
     while pos + 4 <= size:
         start = pos
@@ -125,12 +150,15 @@ def decode_rows(
                 cie = cies[cie_at]
                 if cie is None:
                     raise CfiError(f"FDE at {start:#x} refers to a bad CIE at {cie_at:#x}")
-                _decode_fde(data, pos, end, section_addr, is_eh_frame, cie, cie_at, memo, out)
+                _decode_fde(
+                    data, pos, end, section_addr, is_eh_frame, cie, cie_at, memo, expressions, out
+                )
         except (CfiError, struct.error, IndexError) as exc:
             _note(errors, f"entry at {start:#x}: {exc}")
             if is_cie:
                 cies[start] = None
         pos = end
+    out.expressions = tuple(expressions)
     return out
 
 
@@ -221,6 +249,7 @@ def _decode_fde(
     cie: _Cie,
     cie_at: int,
     memo: dict[tuple[int, bytes], list[tuple[int, _State]]],
+    expressions: dict[bytes, int],
     out: list[tuple[int, int, _State]],
 ) -> None:
     encoding = cie.fde_encoding if is_eh_frame else 0
@@ -237,7 +266,7 @@ def _decode_fde(
     key = (cie_at, instructions)
     rows = memo.get(key)
     if rows is None:
-        rows = _execute(cie, instructions, encoding, section_addr)
+        rows = _execute(cie, instructions, expressions)
         memo[key] = rows
     pc_end = pc_begin + pc_range
     for delta, state in rows:
@@ -245,9 +274,11 @@ def _decode_fde(
             out.append((pc_begin + delta, pc_end, state))
 
 
-def _execute(cie: _Cie, instructions: bytes, encoding: int, section_addr: int):
+def _execute(cie: _Cie, instructions: bytes, expressions: dict[bytes, int]):
     """Run the CIE's initial and the FDE's instructions: ``[(pc delta, state), ...]``."""
-    state = _Machine(cie)
+    if cie.signal:  # a sigreturn trampoline: its registers are read from the ucontext
+        return [(0, _SIGNAL_STATE)]
+    state = _Machine(cie, expressions)
     state.run(cie.initial, initial=True)
     state.initial_rules = (state.rbp, state.ra)
     state.rows = []
@@ -260,35 +291,38 @@ class _Machine:
     """The CFA rule machine, tracking the CFA and the rules of RBP and the return address."""
 
     __slots__ = (
-        "cie", "loc", "cfa_reg", "cfa_off", "cfa_kind", "rbp", "ra", "stack", "rows",
-        "initial_rules",
+        "cie", "loc", "cfa_reg", "cfa_off", "cfa_kind", "cfa_expr", "rbp", "ra", "stack",
+        "rows", "initial_rules", "expressions",
     )  # fmt: skip
 
-    def __init__(self, cie: _Cie) -> None:
+    def __init__(self, cie: _Cie, expressions: dict[bytes, int]) -> None:
         self.cie = cie
+        self.expressions = expressions  # shared by the whole section: bytes -> index
         self.loc = 0
         self.cfa_reg = _RSP
         self.cfa_off = 0
         self.cfa_kind = CFA_RSP
+        # CFA_PLT's byte or CFA_EXPR's index; apart from cfa_off, which a (misplaced)
+        # DW_CFA_def_cfa_offset may change under an expression without effect.
+        self.cfa_expr = 0
         self.rbp = SAME_VALUE
         self.ra = UNKNOWN
         self.stack: list[tuple] = []
         self.rows: list[tuple[int, _State]] = []
         self.initial_rules = (SAME_VALUE, UNKNOWN)
 
-    def state(self) -> _State:
-        cie = self.cie
-        if cie.signal:
-            return (SIGNAL_FRAME, 0, 0, UNKNOWN)
-        if self.ra == OUTERMOST_RULE:
-            return (OUTERMOST, 0, 0, UNKNOWN)
-        kind = self.cfa_kind
-        if kind == CFA_RSP and self.cfa_reg != _RSP:
-            kind = CFA_RBP if self.cfa_reg == _RBP else CFA_UNSUPPORTED
-        return (kind, self.cfa_off, self.ra, self.rbp)
-
     def emit(self) -> None:
-        state = self.state()
+        """Close the row at ``loc`` (the state computed inline: this runs once per row)."""
+        kind = self.cfa_kind
+        if self.ra == OUTERMOST_RULE:
+            state: _State = (OUTERMOST, 0, 0, UNKNOWN)
+        elif kind != CFA_RSP:
+            state = (kind, self.cfa_expr, self.ra, self.rbp)
+        elif self.cfa_reg == _RSP:
+            state = (CFA_RSP, self.cfa_off, self.ra, self.rbp)
+        else:
+            kind = CFA_RBP if self.cfa_reg == _RBP else CFA_UNSUPPORTED
+            state = (kind, self.cfa_off, self.ra, self.rbp)
         rows = self.rows
         if rows and rows[-1][0] == self.loc:
             rows[-1] = (self.loc, state)
@@ -306,6 +340,41 @@ class _Machine:
         elif reg == self.cie.ra_register:
             self.ra = rule
 
+    def set_offset(self, reg: int, offset: int) -> None:
+        """Saved at CFA + ``offset``; a huge (corrupt) offset would read as another rule."""
+        if not -0x2000_0000 < offset < 0x2000_0000:  # a literal: this is a hot path
+            offset = UNKNOWN
+        if reg == _RBP:
+            self.rbp = offset
+        elif reg == self.cie.ra_register:
+            self.ra = offset
+
+    def tracks(self, reg: int) -> bool:
+        return reg == _RBP or reg == self.cie.ra_register
+
+    def intern(self, expression: bytes) -> int | None:
+        """The index of ``expression`` in the section's expressions (None: too many)."""
+        index = self.expressions.get(expression)
+        if index is None:
+            index = len(self.expressions)
+            if index >= MAX_EXPRESSIONS:
+                return None
+            self.expressions[expression] = index
+        return index
+
+    def set_expression_rule(self, reg: int, base: int, expression: bytes) -> None:
+        """``reg`` saved at (EXPR_RULE) or equal to (VAL_EXPR_RULE) ``expression``'s value."""
+        if self.tracks(reg):
+            index = self.intern(expression)
+            self.set_rule(reg, UNKNOWN if index is None else base + index)
+
+    def set_cfa_expression(self, expression: bytes) -> None:
+        kind, value = _cfa_expression(expression)
+        if kind == CFA_EXPR:
+            index = self.intern(expression)
+            kind, value = (CFA_UNSUPPORTED, 0) if index is None else (CFA_EXPR, index)
+        self.cfa_kind, self.cfa_expr = kind, value
+
     def run(self, code: bytes, initial: bool) -> None:
         cie = self.cie
         data_align = cie.data_align
@@ -318,7 +387,7 @@ class _Machine:
                 self.advance((op & 0x3F) * cie.code_align)
             elif high == 0x80:  # offset
                 off, pos = _uleb(code, pos)
-                self.set_rule(op & 0x3F, off * data_align)
+                self.set_offset(op & 0x3F, off * data_align)
             elif high == 0xC0:  # restore
                 self.restore(op & 0x3F)
             elif op == 0x00:  # nop
@@ -342,25 +411,29 @@ class _Machine:
                 self.advance(struct.unpack_from("<I", code, pos)[0] * cie.code_align)
                 pos += 4
             elif op == 0x0A:  # remember_state
-                self.stack.append((self.cfa_reg, self.cfa_off, self.cfa_kind, self.rbp, self.ra))
+                self.stack.append(
+                    (self.cfa_reg, self.cfa_off, self.cfa_kind, self.cfa_expr, self.rbp, self.ra)
+                )
             elif op == 0x0B:  # restore_state
                 if not self.stack:
                     raise CfiError("DW_CFA_restore_state without remember_state")
-                self.cfa_reg, self.cfa_off, self.cfa_kind, self.rbp, self.ra = self.stack.pop()
+                (self.cfa_reg, self.cfa_off, self.cfa_kind, self.cfa_expr, self.rbp, self.ra) = (
+                    self.stack.pop()
+                )
             elif op == 0x2E:  # GNU_args_size
                 _, pos = _uleb(code, pos)
             elif op == 0x05:  # offset_extended
                 reg, pos = _uleb(code, pos)
                 off, pos = _uleb(code, pos)
-                self.set_rule(reg, off * data_align)
+                self.set_offset(reg, off * data_align)
             elif op == 0x11:  # offset_extended_sf
                 reg, pos = _uleb(code, pos)
                 off, pos = _sleb(code, pos)
-                self.set_rule(reg, off * data_align)
+                self.set_offset(reg, off * data_align)
             elif op == 0x2F:  # GNU_negative_offset_extended
                 reg, pos = _uleb(code, pos)
                 off, pos = _uleb(code, pos)
-                self.set_rule(reg, -off * data_align)
+                self.set_offset(reg, -off * data_align)
             elif op == 0x06:  # restore_extended
                 reg, pos = _uleb(code, pos)
                 self.restore(reg)
@@ -370,10 +443,13 @@ class _Machine:
             elif op == 0x08:  # same_value
                 reg, pos = _uleb(code, pos)
                 self.set_rule(reg, SAME_VALUE)
-            elif op == 0x09:  # register
+            elif op == 0x09:  # register: held in another; computable for RSP, RBP and RIP
                 reg, pos = _uleb(code, pos)
-                _, pos = _uleb(code, pos)
-                self.set_rule(reg, UNKNOWN)
+                held_in, pos = _uleb(code, pos)
+                if held_in in (_RSP, _RBP, _RA):  # as the value expression DW_OP_bregN 0
+                    self.set_expression_rule(reg, VAL_EXPR_RULE, bytes((0x70 + held_in, 0)))
+                else:
+                    self.set_rule(reg, UNKNOWN)
             elif op == 0x12:  # def_cfa_sf
                 self.cfa_reg, pos = _uleb(code, pos)
                 off, pos = _sleb(code, pos)
@@ -386,16 +462,22 @@ class _Machine:
                 length, pos = _uleb(code, pos)
                 expression = code[pos : pos + length]
                 pos += length
-                self.cfa_kind, self.cfa_off = _cfa_expression(expression)
+                if pos <= n:
+                    self.set_cfa_expression(expression)
             elif op in (0x10, 0x16):  # expression, val_expression
                 reg, pos = _uleb(code, pos)
                 length, pos = _uleb(code, pos)
+                expression = code[pos : pos + length]
                 pos += length
-                self.set_rule(reg, UNKNOWN)
-            elif op in (0x14, 0x15):  # val_offset, val_offset_sf
+                if pos <= n:
+                    base = EXPR_RULE if op == 0x10 else VAL_EXPR_RULE
+                    self.set_expression_rule(reg, base, expression)
+            elif op in (0x14, 0x15):  # val_offset, val_offset_sf: CFA + offset
                 reg, pos = _uleb(code, pos)
-                _, pos = (_uleb if op == 0x14 else _sleb)(code, pos)
-                self.set_rule(reg, UNKNOWN)
+                off, pos = (_uleb if op == 0x14 else _sleb)(code, pos)
+                if self.tracks(reg):  # as DW_OP_consts off; DW_OP_plus (the CFA pushed first)
+                    expression = bytes((0x11, *_sleb_bytes(off * data_align), 0x22))
+                    self.set_expression_rule(reg, VAL_EXPR_RULE, expression)
             elif op == 0x01:  # set_loc: absolute addresses are rare in .eh_frame; stop here
                 raise CfiError("DW_CFA_set_loc is not supported")
             else:
@@ -412,9 +494,11 @@ class _Machine:
 
 
 OUTERMOST_RULE = UNKNOWN + 1  # internal: DW_CFA_undefined on the return address
+_SIGNAL_STATE: _State = (SIGNAL_FRAME, 0, 0, UNKNOWN)
 
 
 def _cfa_expression(expression: bytes) -> tuple[int, int]:
+    """The PLT expression has its fast path; every other expression is evaluated."""
     if (
         len(expression) == 11
         and expression.startswith(_PLT_PREFIX)
@@ -422,7 +506,18 @@ def _cfa_expression(expression: bytes) -> tuple[int, int]:
         and 0x30 <= expression[6] <= 0x4F  # DW_OP_lit0..lit31
     ):
         return CFA_PLT, expression[6] - 0x30
-    return CFA_UNSUPPORTED, 0
+    return (CFA_EXPR, 0) if expression else (CFA_UNSUPPORTED, 0)
+
+
+def _sleb_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if (value == 0 and not byte & 0x40) or (value == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:

@@ -3,6 +3,10 @@
 Built once per file from its decoded CFI rows (see ``cfi.py``); addresses are
 the file's own (ELF virtual addresses): subtract the mapping's load bias from a
 runtime address first. Gaps between FDEs are rows of kind ``NO_CFI``.
+
+Rows whose rules are DWARF expressions refer to ``expressions`` by index (see
+``cfi.py``): the arrays stay fixed-size, and a file's few distinct expressions
+are stored once however many functions use them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ _MEMO_LIMIT = 1 << 15
 class CfiTable:
     """Rows sorted by pc; each holds until the next one."""
 
-    __slots__ = ("pcs", "kinds", "cfa_offsets", "ra_offsets", "rbp_offsets", "source", "_memo")
+    __slots__ = (
+        "pcs", "kinds", "cfa_offsets", "ra_offsets", "rbp_offsets", "source", "expressions",
+        "_memo",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -32,6 +39,7 @@ class CfiTable:
         ra_offsets: np.ndarray,
         rbp_offsets: np.ndarray,
         source: str = "",
+        expressions: tuple[bytes, ...] = (),
     ) -> None:
         self.pcs = pcs
         self.kinds = kinds
@@ -39,11 +47,22 @@ class CfiTable:
         self.ra_offsets = ra_offsets
         self.rbp_offsets = rbp_offsets
         self.source = source  # ".eh_frame" or ".debug_frame"
+        self.expressions = expressions  # what CFA_EXPR rows and expression rules index
         self._memo: dict[int, Rule] = {}
 
     @classmethod
-    def from_rows(cls, rows: Sequence[tuple[int, int, tuple[int, int, int, int]]], source: str):
-        """From ``(pc, fde_end, (kind, cfa, ra, rbp))`` rows in any order."""
+    def from_rows(
+        cls,
+        rows: Sequence[tuple[int, int, tuple[int, int, int, int]]],
+        source: str,
+        expressions: tuple[bytes, ...] | None = None,
+    ) -> CfiTable:
+        """From ``(pc, fde_end, (kind, cfa, ra, rbp))`` rows in any order.
+
+        ``expressions`` defaults to the rows' own (``cfi.CfiRows.expressions``).
+        """
+        if expressions is None:
+            expressions = getattr(rows, "expressions", ())
         if not rows:
             return cls.empty(source)
         flat = np.array([(pc, end, *state) for pc, end, state in rows], dtype=np.int64)
@@ -68,6 +87,7 @@ class CfiTable:
             all_states[:, 2].astype(np.int32),
             all_states[:, 3].astype(np.int32),
             source,
+            tuple(expressions),
         )
 
     @classmethod
@@ -80,10 +100,8 @@ class CfiTable:
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            a.nbytes
-            for a in (self.pcs, self.kinds, self.cfa_offsets, self.ra_offsets, self.rbp_offsets)
-        )
+        arrays = (self.pcs, self.kinds, self.cfa_offsets, self.ra_offsets, self.rbp_offsets)
+        return sum(a.nbytes for a in arrays) + sum(len(e) for e in self.expressions)
 
     def lookup(self, pc: int) -> Rule:
         """The rule in effect at ``pc`` (a file address)."""

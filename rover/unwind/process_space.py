@@ -3,6 +3,8 @@
 Mappings come from ``/proc/PID/maps`` through the symbolizer's own parser and
 file locator (``rover.symbols``); a file's table is loaded the first time an
 address in it is unwound and then shared by every process mapping the file.
+Its separate debug file (for ``.debug_frame``) is looked for with the
+symbolizer's locator, inside the process's root first.
 A process's mappings are kept after it exits (until :meth:`forget`), so
 samples taken just before an exit still unwind.
 """
@@ -17,16 +19,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rover.hostfs import HostFS, ProcessGone
-from rover.symbols.cache import KnownBadFile, file_identity
-from rover.symbols.elf_file import ElfLoadError
+from rover.symbols.cache import FileIdentity, KnownBadFile, file_identity
+from rover.symbols.debug_files import DebugFiles
+from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.symbols.mapped_files import locate_mapped_file, read_vdso
 from rover.symbols.maps import Mapping, MappingKind, parse_maps
+from rover.symbols.report import Reporter
 from rover.unwind.cfi_table import NO_RULE, CfiTable, Rule
-from rover.unwind.tables import FileUnwindInfo, UnwindInfoCache
+from rover.unwind.tables import (
+    DEBUG_FILE_FRAME,
+    FileUnwindInfo,
+    FindDebugFrame,
+    Rows,
+    UnwindInfoCache,
+    read_debug_frame,
+)
 
 log = logging.getLogger(__name__)
 
 _REREAD_INTERVAL = 1.0  # seconds between maps re-reads of one process for unknown addresses
+COUNTER_NAMES = (
+    "cfi_load_errors",  # files whose CFI could not be loaded (each counted once)
+    "cfi_files_loaded",  # files whose CFI was decoded (not served from the cache)
+    "debug_frames_used",  # ...of which a separate debug file's .debug_frame filled gaps
+    "debug_frame_errors",  # debug files skipped (wrong CRC or build id, corrupt...)
+)
 
 
 @dataclass(slots=True)
@@ -65,13 +82,24 @@ class ProcessSpace:
 class ProcessSpaces:
     """The mappings of the profiled processes and the shared CFI tables of their files."""
 
-    def __init__(self, hostfs: HostFS | None = None, cache: UnwindInfoCache | None = None) -> None:
+    def __init__(
+        self,
+        hostfs: HostFS | None = None,
+        cache: UnwindInfoCache | None = None,
+        debug_files: bool = True,
+    ) -> None:
+        """``debug_files``: look for separate debug files' ``.debug_frame``."""
         self.hostfs = hostfs or HostFS()
         self.cache = cache or UnwindInfoCache()
         self._spaces: dict[int, ProcessSpace] = {}
         self._reported: set[tuple[str, int, str]] = set()
-        # Files whose CFI could not be loaded (each counted once), and loads done.
-        self.counters: dict[str, int] = {"cfi_load_errors": 0, "cfi_files_loaded": 0}
+        reporter = Reporter(COUNTER_NAMES)
+        self.counters: dict[str, int] = reporter.counters
+        self._debug_files = (
+            DebugFiles(self.hostfs, reporter, "debug_frame_errors", None, "unwinding")
+            if debug_files
+            else None
+        )
 
     def prepare(self, pid: int) -> None:
         """Read ``pid``'s maps now; raises :class:`ProcessGone` when it does not exist."""
@@ -152,9 +180,24 @@ class ProcessSpaces:
             return cached
         loads = self.cache.loads
         with open(path, "rb") as stream:
-            info = self.cache.load(stream, identity)
-        self.counters["cfi_files_loaded"] += self.cache.loads - loads
+            info = self.cache.load(stream, identity, self._debug_finder(pid, mapping, identity))
+        if self.cache.loads > loads:
+            self.counters["cfi_files_loaded"] += self.cache.loads - loads
+            self.counters["debug_frames_used"] += DEBUG_FILE_FRAME in info.sources
         return info
+
+    def _debug_finder(
+        self, pid: int, mapping: Mapping, identity: FileIdentity
+    ) -> FindDebugFrame | None:
+        """Reads the ``.debug_frame`` of the mapped file's debug file, as ``pid`` sees it."""
+        debug_files = self._debug_files
+        if debug_files is None:
+            return None
+
+        def find(image: ElfImage) -> Rows | None:
+            return debug_files.find(image, pid, mapping.path, identity, read_debug_frame)
+
+        return find
 
     def _locate(self, pid: int, mapping: Mapping) -> tuple[Path, os.stat_result]:
         """The mapped file; after the process exited, the same inode at its path on the host."""

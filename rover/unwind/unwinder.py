@@ -3,31 +3,44 @@
 The BPF program sends the user RIP, RSP and RBP of a thread and a copy of the
 stack from RSP upward (``stack``). Each step finds the CFI rule of the current
 pc, computes the CFA, reads the return address (and the caller's RBP, when
-this frame saved it) from the copy, and moves up. Frames without CFI (JIT
-code, anonymous mappings, files without tables) are stepped with the frame
-pointer instead: the saved RBP and return address at ``[rbp]`` and ``[rbp+8]``.
+this frame saved it) from the copy, and moves up. Rules given as DWARF
+expressions (stack realignment, hand-written assembly) are evaluated by
+``dwarf_expr.evaluate``, whose memory reads go through the same ``read``.
+Frames without CFI (JIT code, anonymous mappings, files without tables, rules
+that cannot be computed) are stepped with the frame pointer instead: the saved
+RBP and return address at ``[rbp]`` and ``[rbp+8]``.
 
 The result is leaf first, like ``RawStack.user``: the leaf's exact pc, then
 return addresses. A frame interrupted by a signal has an exact pc too; it is
 given as ``pc + 1`` so a symbolizer's ``address - 1`` for return addresses
 lands on the interrupted instruction.
+
+A signal handler running on an alternate signal stack (``sigaltstack``) cannot
+be followed past the interrupted pc: the interrupted code's stack was not
+copied. Such stacks end with that pc and a ``[sigaltstack]`` frame.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rover.unwind.cfi import (
+    CFA_EXPR,
     CFA_PLT,
     CFA_RBP,
     CFA_RSP,
+    EXPR_RULE,
     OUTERMOST,
     SAME_VALUE,
     SIGNAL_FRAME,
     UNKNOWN,
+    VAL_EXPR_RULE,
 )
-from rover.unwind.markers import TRUNCATED
+from rover.unwind.cfi_table import CfiTable
+from rover.unwind.dwarf_expr import evaluate
+from rover.unwind.markers import SIGALTSTACK, TRUNCATED
 from rover.unwind.process_space import ProcessSpace, ProcessSpaces
 
 MAX_FRAMES = 127
@@ -36,8 +49,14 @@ MAX_FRAMES = 127
 # __restore_rt (the handler's CFA): struct ucontext (uc_flags, uc_link, uc_stack: 40 bytes)
 # then struct sigcontext (r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip).
 _UC_RBP, _UC_RSP, _UC_RIP = 40 + 10 * 8, 40 + 15 * 8, 40 + 16 * 8
+# uc_stack (ss_sp, ss_flags, ss_size): the kernel saves the thread's sigaltstack there.
+_UC_SS_SP, _UC_SS_SIZE = 16, 32
+_OFFSET_KINDS = (CFA_RSP, CFA_RBP, CFA_PLT)
+_RULE_KINDS = (CFA_RSP, CFA_RBP, CFA_PLT, CFA_EXPR)
 
 _U64 = struct.Struct("<Q")
+
+Read = Callable[[int], "int | None"]  # a stack word, None outside the copied window
 
 
 class Status:
@@ -50,6 +69,7 @@ class Status:
     UNMAPPED = "unmapped"  # a pc outside every executable mapping
     BAD_FRAME = "bad_frame"  # CFI or frame pointers led somewhere impossible
     DEPTH = "depth"  # MAX_FRAMES reached
+    SIGALTSTACK = "sigaltstack"  # a handler on an alternate signal stack: [sigaltstack] added
 
 
 @dataclass(slots=True)
@@ -62,6 +82,9 @@ class UnwindResult:
     # result is a function of the registers, these words and the mappings alone, so a
     # later stop with equal registers and equal words unwinds to the same frames.
     reads: tuple[tuple[int, int], ...] = ()
+    # Whether the frames depend on the RBP register given (they do not in code without
+    # frame pointers, where RBP is just another register); True when unsure.
+    bp_used: bool = True
 
 
 class Unwinder:
@@ -105,6 +128,8 @@ class Unwinder:
         out = [ip]
         pc, exact = ip, True
         fp_frames = signal_frames = 0
+        # Is ``bp`` still the register given (only passed along by "same value" rules)?
+        bp_given, bp_used = True, False
         module_at = self.spaces.module_at
         reads: list[tuple[int, int]] = []
 
@@ -136,7 +161,8 @@ class Unwinder:
                 if rip is None or rsp is None or rbp is None:
                     status = Status.TRUNCATED if past_window(sp + _UC_RIP) else Status.BAD_FRAME
                     break
-                if rsp <= sp:  # not above the handler's frame (an alternate signal stack)
+                altstack = not base <= rsp < top and _left_altstack(read, sp, rsp)
+                if rsp <= sp and not altstack:  # not above the handler's frame
                     status = Status.BAD_FRAME
                     break
                 signal_frames += 1
@@ -144,12 +170,18 @@ class Unwinder:
                     status = Status.COMPLETE
                     break
                 out.append(rip + 1)
+                if altstack:  # the interrupted pc is known, its stack was not copied
+                    status = Status.SIGALTSTACK
+                    break
                 pc, exact, sp, bp = rip, True, rsp, rbp
+                bp_given = False
                 continue
-            if kind in (CFA_RSP, CFA_RBP, CFA_PLT):
+            ra = None  # known here when an expression gave the value itself
+            if kind in _OFFSET_KINDS and ra_offset < SAME_VALUE and rbp_offset <= UNKNOWN:
                 if kind == CFA_RSP:
                     cfa = sp + cfa_offset
                 elif kind == CFA_RBP:
+                    bp_used = bp_used or bp_given
                     if bp is None:
                         status = Status.BAD_FRAME
                         break
@@ -167,21 +199,33 @@ class Unwinder:
                         status = Status.TRUNCATED
                         break
                 new_sp = cfa
-            else:  # no CFI here, or a rule we cannot compute: frame pointers
-                if bp is None or bp < sp:
-                    status = Status.BAD_FRAME
-                    break
-                ra_at = bp + 8
-                caller_bp = read(bp)
-                if caller_bp is None:
-                    status = Status.TRUNCATED if past_window(bp) else Status.BAD_FRAME
-                    break
-                new_sp = bp + 16
-                fp_frames += 1
-            ra = read(ra_at)
+            else:
+                bp_used = bp_used or bp_given  # by an expression or frame pointers
+                step = None
+                if kind in _RULE_KINDS:  # a rule with an expression
+                    rules = (kind, cfa_offset, ra_offset, rbp_offset)
+                    step = _expression_step(module.table, rules, pc, sp, bp, read, past_window)
+                    if isinstance(step, str):
+                        status = step
+                        break
+                if step is not None:
+                    ra, new_sp, caller_bp = step
+                else:  # no CFI here, or a rule we cannot compute: frame pointers
+                    if bp is None or bp < sp:
+                        status = Status.BAD_FRAME
+                        break
+                    ra_at = bp + 8
+                    caller_bp = read(bp)
+                    if caller_bp is None:
+                        status = Status.TRUNCATED if past_window(bp) else Status.BAD_FRAME
+                        break
+                    new_sp = bp + 16
+                    fp_frames += 1
             if ra is None:
-                status = Status.TRUNCATED if past_window(ra_at) else Status.BAD_FRAME
-                break
+                ra = read(ra_at)
+                if ra is None:
+                    status = Status.TRUNCATED if past_window(ra_at) else Status.BAD_FRAME
+                    break
             if ra == 0:
                 status = Status.COMPLETE
                 break
@@ -189,7 +233,100 @@ class Unwinder:
                 status = Status.BAD_FRAME
                 break
             out.append(ra)
+            bp_given = bp_given and caller_bp is bp
             pc, exact, sp, bp = ra, False, new_sp, caller_bp
         if status == Status.TRUNCATED:
             out.append(TRUNCATED)
-        return UnwindResult(tuple(out), status, fp_frames, signal_frames, tuple(reads))
+        elif status == Status.SIGALTSTACK:
+            out.append(SIGALTSTACK)
+        return UnwindResult(tuple(out), status, fp_frames, signal_frames, tuple(reads), bp_used)
+
+
+def _left_altstack(read: Read, sp: int, rsp: int) -> bool:
+    """Whether a handler whose frame is at ``sp`` ran on the alternate signal stack its
+    ucontext records and the interrupted ``rsp`` lies off it (so it was not copied)."""
+    ss_sp, ss_size = read(sp + _UC_SS_SP), read(sp + _UC_SS_SIZE)
+    if not ss_sp or not ss_size:
+        return False  # no alternate stack (or no ucontext to say so)
+    return ss_sp <= sp < ss_sp + ss_size and not ss_sp <= rsp < ss_sp + ss_size
+
+
+def _expression_step(
+    table: CfiTable | None,
+    rules: tuple[int, int, int, int],
+    pc: int,
+    sp: int,
+    bp: int | None,
+    read: Read,
+    past_window: Callable[[int], bool],
+) -> tuple[int, int, int | None] | str | None:
+    """One frame whose rules include an expression: ``(return address, caller's sp,
+    caller's bp)``, a status when a read failed, or None when the rules cannot be
+    computed (the caller falls back to frame pointers)."""
+    failed: list[int] = []  # addresses an expression could not read
+
+    def deref(address: int) -> int | None:
+        value = read(address)
+        if value is None:
+            failed.append(address)
+        return value
+
+    def read_failure() -> str | None:
+        if not failed:
+            return None
+        return Status.TRUNCATED if past_window(failed[-1]) else Status.BAD_FRAME
+
+    kind, cfa_offset, ra_rule, rbp_rule = rules
+    expressions = table.expressions if table is not None else ()
+    if kind == CFA_EXPR:
+        expression = _expression(expressions, cfa_offset)
+        cfa = None if expression is None else evaluate(expression, sp, bp, pc, deref)
+    elif kind == CFA_RSP:
+        cfa = sp + cfa_offset
+    elif kind == CFA_RBP:
+        if bp is None:
+            return Status.BAD_FRAME
+        cfa = bp + cfa_offset
+    else:  # PLT entry
+        cfa = sp + 8 + (8 if (pc & 15) >= cfa_offset else 0)
+    if cfa is None:
+        return read_failure()
+    caller_bp = _register(expressions, rbp_rule, cfa, pc, sp, bp, deref, bp)
+    if caller_bp is None and failed and past_window(failed[-1]):
+        return Status.TRUNCATED
+    failed.clear()  # a saved RBP that cannot be read is only unknown
+    ra = _register(expressions, ra_rule, cfa, pc, sp, bp, deref, None)
+    if ra is None:
+        return read_failure()
+    return ra, cfa, caller_bp
+
+
+def _register(
+    expressions: tuple[bytes, ...],
+    rule: int,
+    cfa: int,
+    pc: int,
+    sp: int,
+    bp: int | None,
+    read: Read,
+    same: int | None,
+) -> int | None:
+    """The caller's value of a register under ``rule`` (``same``: its value now)."""
+    if rule < SAME_VALUE:
+        return read(cfa + rule)
+    if rule == SAME_VALUE:
+        return same
+    if rule >= VAL_EXPR_RULE:
+        expression = _expression(expressions, rule - VAL_EXPR_RULE)
+        if expression is None:
+            return None
+        return evaluate(expression, sp, bp, pc, read, initial=cfa)
+    if rule >= EXPR_RULE:
+        expression = _expression(expressions, rule - EXPR_RULE)
+        address = None if expression is None else evaluate(expression, sp, bp, pc, read, cfa)
+        return None if address is None else read(address)
+    return None  # UNKNOWN
+
+
+def _expression(expressions: tuple[bytes, ...], index: int) -> bytes | None:
+    return expressions[index] if 0 <= index < len(expressions) else None
