@@ -40,7 +40,9 @@ def run_checks(
     except KernelHeadersNotFound as exc:
         results.append(CheckResult("kernel headers", False, str(exc)))
     for profile_type in ProfileType:
-        results.append(_can_profile(profile_type, headers))
+        frame_pointer = _can_profile(profile_type, headers)
+        results.append(frame_pointer)
+        results.append(_can_unwind_eh_frame(profile_type, headers, hostfs, frame_pointer.ok))
     return results
 
 
@@ -130,3 +132,37 @@ def _can_profile(profile_type: ProfileType, headers: KernelHeaders | None) -> Ch
         return CheckResult(name, False, str(exc).splitlines()[0])
     engine.close()
     return CheckResult(name, True, "program compiled, loaded and attached")
+
+
+def _can_unwind_eh_frame(
+    profile_type: ProfileType,
+    headers: KernelHeaders | None,
+    hostfs: HostFS,
+    frame_pointer_ok: bool,
+) -> CheckResult:
+    """The .eh_frame program of ``profile_type`` (``--unwind eh_frame``, and ``auto`` for
+    code without frame pointers), compiled, loaded, attached and closed."""
+    from rover.unwind.engine import DwarfProfilerEngine
+
+    name = f"{profile_type.value} profiling (eh_frame)"
+    # While frame-pointer profiling works, losing eh_frame is a warning: profiling still runs.
+    required = not frame_pointer_ok
+    if headers is None:
+        return CheckResult(name, False, "cannot run without kernel headers", required)
+    try:
+        engine = DwarfProfilerEngine(profile_type, headers, hostfs=hostfs)
+    except Exception as exc:  # BPFLoadError, or bcc's bare Exception (ring buffer set-up)
+        return CheckResult(name, False, _eh_frame_failure(exc, frame_pointer_ok), required)
+    engine.close()  # stops and joins its consumer thread too
+    return CheckResult(name, True, "program compiled, loaded and attached", required)
+
+
+def _eh_frame_failure(exc: Exception, frame_pointer_ok: bool) -> str:
+    lines = str(exc).splitlines()
+    detail = lines[0] if lines else type(exc).__name__
+    if frame_pointer_ok:
+        detail += (
+            "; only frame_pointer unwinding works (--unwind frame_pointer, profiling.unwind:"
+            " frame_pointer): code built without frame pointers loses its callers"
+        )
+    return detail

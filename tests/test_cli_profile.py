@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -185,6 +186,84 @@ def test_check_reports_everything_and_succeeds_here():
         assert name in result.stdout
     assert "[  ok] on-cpu profiling" in result.stdout
     assert "[  ok] off-cpu profiling" in result.stdout
+
+
+def check_in_process(capsys) -> tuple[int, str, str]:
+    """`rover check` in this process, so tests can patch the loaders: (exit code, out, err)."""
+    from rover.cli import main
+
+    code = main(["check"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def unwind_threads() -> list[str]:
+    """Consumer threads of .eh_frame engines still running (each engine starts one)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("rover-unwind-")]
+
+
+def fail_loads(monkeypatch, module) -> None:
+    """Make ``module``'s load_program raise for every program, as a broken compile would."""
+    from rover.bpf.loader import BPFLoadError
+
+    def load(name, headers, defines):
+        raise BPFLoadError(f"could not load {name}.c: simulated failure\nclang details")
+
+    monkeypatch.setattr(module, "load_program", load)
+
+
+def test_check_compiles_and_closes_the_eh_frame_programs(capsys):
+    code, out, err = check_in_process(capsys)
+    assert code == 0, out + err
+    ok = "program compiled, loaded and attached"
+    assert f"[  ok] on-cpu profiling (eh_frame) {ok}" in out
+    assert f"[  ok] off-cpu profiling (eh_frame) {ok}" in out
+    assert unwind_threads() == []
+
+
+def test_check_eh_frame_failure_is_a_warning_when_frame_pointers_work(capsys, monkeypatch):
+    import rover.unwind.engine
+
+    fail_loads(monkeypatch, rover.unwind.engine)
+    code, out, err = check_in_process(capsys)
+    assert code == 0, out + err  # frame-pointer profiling works: only required checks count
+    assert "profiling can run on this machine" in out
+    assert "[  ok] on-cpu profiling program compiled" in out
+    for kind in ("on-cpu", "off-cpu"):
+        program = kind.replace("-", "") + "_dwarf.c"
+        line = f"[warn] {kind} profiling (eh_frame) could not load {program}: simulated failure; "
+        assert line + "only frame_pointer unwinding works" in out
+    assert "clang details" not in out  # the first line of the error only
+    assert unwind_threads() == []
+
+
+def test_check_eh_frame_attach_failure_closes_the_engine(capsys, monkeypatch):
+    import rover.unwind.engine
+    from rover.bpf.loader import BPFLoadError
+
+    def attach(*_args):
+        raise BPFLoadError("could not attach the CPU-clock perf event: simulated")
+
+    monkeypatch.setattr(rover.unwind.engine, "attach_cpu_clock", attach)
+    code, out, err = check_in_process(capsys)
+    assert code == 0, out + err
+    assert "[warn] on-cpu profiling (eh_frame) could not attach the CPU-clock" in out
+    assert "[  ok] off-cpu profiling (eh_frame) program compiled" in out
+    assert unwind_threads() == []
+
+
+def test_check_eh_frame_is_a_failure_when_frame_pointers_fail_too(capsys, monkeypatch):
+    import rover.bpf.engine
+    import rover.unwind.engine
+
+    fail_loads(monkeypatch, rover.bpf.engine)
+    fail_loads(monkeypatch, rover.unwind.engine)
+    code, out, err = check_in_process(capsys)
+    assert code == 1
+    failure = "could not load {}: simulated failure\n"  # no advice to use frame pointers
+    assert "[FAIL] on-cpu profiling " + failure.format("oncpu.c") in out
+    assert "[FAIL] on-cpu profiling (eh_frame) " + failure.format("oncpu_dwarf.c") in out
+    assert "profiling cannot work: on-cpu profiling, on-cpu profiling (eh_frame)" in err
 
 
 @pytest.mark.browser
