@@ -36,7 +36,7 @@ def build_workload(out_dir: Path) -> Path:
 
 
 def count_keys(engine: ProfilerEngine) -> int:
-    return len(engine._bpf[engine._tables[engine._active]])
+    return engine._counts.active_len()
 
 
 def main() -> int:

@@ -11,6 +11,12 @@
 3. A Debian nginx under ``wrk`` load (needs root and BPF): requests per second
    unprofiled, profiled by ``rover profile`` in frame_pointer mode and in
    eh_frame mode at the default frequency, and the CPU ``rover profile`` used.
+4. Off-CPU in eh_frame mode at a high context-switch rate (needs root and
+   BPF): two threads of ``bench/workloads/pingpong.c`` pass a byte through
+   pipes; round trips per second unprofiled, and profiled with switch-out
+   repeats (memos, the default), with a stack copy on every switch, and in
+   frame_pointer mode (the reference); the profiler's CPU, ring buffer drops,
+   and stack copies sent.
 
 Prints a markdown table per part.
 """
@@ -143,6 +149,72 @@ def bench_service(seconds: int) -> None:
         print(f"| {name} | {rps:,.0f} | {cpu_text} | {samples or ''} |")
 
 
+def build_pingpong(directory: Path) -> Path:
+    exe = directory / "pingpong"
+    source = ROOT / "bench" / "workloads" / "pingpong.c"
+    command = ["gcc", "-O2", "-fomit-frame-pointer", "-pthread", "-o", str(exe), str(source)]
+    subprocess.run(command, check=True)
+    return exe
+
+
+def run_pingpong(exe: Path, seconds: float, engine=None) -> tuple[int, dict[str, int]]:
+    """Round trips, and the engine's counters over the run (drained every second)."""
+    process = subprocess.Popen([str(exe), str(seconds)], stdout=subprocess.PIPE, text=True)
+    counters: dict[str, int] = {}
+    if engine is not None:
+        engine.add_pid(process.pid)
+        while process.poll() is None:
+            time.sleep(1.0)
+            for name, n in engine.drain().counters.items():
+                counters[name] = counters.get(name, 0) + n
+        engine.remove_pid(process.pid)
+        for name, n in engine.drain().counters.items():
+            counters[name] = counters.get(name, 0) + n
+    output, _ = process.communicate()
+    return int(output.split()[1]), counters
+
+
+def bench_offcpu_switches(seconds: float) -> None:
+    from rover.bpf.engine import ProfilerEngine
+    from rover.bpf.headers import HeaderSearch
+    from rover.profile import ProfileType
+    from rover.unwind.engine import DwarfProfilerEngine, UnwindSettings
+
+    headers = HeaderSearch().find()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_pingpong(Path(tmp))
+        trips, _ = run_pingpong(exe, seconds)
+        rows.append(("not profiled", trips / seconds, None, None, None, None))
+        for name in ("eh_frame, repeats (default)", "eh_frame, a copy per switch", "frame_pointer"):
+            if name == "frame_pointer":
+                engine = ProfilerEngine(ProfileType.OFF_CPU, headers)
+            else:
+                settings = UnwindSettings(offcpu_repeats="repeats" in name)
+                engine = DwarfProfilerEngine(ProfileType.OFF_CPU, headers, settings=settings)
+            try:
+                cpu = time.process_time()
+                trips, counters = run_pingpong(exe, seconds, engine)
+                cpu = time.process_time() - cpu
+                copies = getattr(engine, "samples_unwound", None)
+            finally:
+                engine.close()
+            switches = counters.get("events", 0)
+            drops = counters.get("ringbuf_drops", 0)
+            rows.append((name, trips / seconds, cpu / seconds, switches, drops, copies))
+    print(
+        f"| pingpong, off-CPU ({seconds:.0f}s) | round trips/s | profiler CPU (cores) "
+        "| switches counted | ring buffer drops | stacks copied and unwound |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rate, cpu, switches, drops, copies in rows:
+        cells = [
+            "" if v is None else f"{v:,.3f}" if isinstance(v, float) else f"{v:,}"
+            for v in (cpu, switches, drops, copies)
+        ]
+        print(f"| {name} | {rate:,.0f} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -155,6 +227,8 @@ def main() -> None:
     print()
     if not args.skip_service:
         bench_service(args.seconds)
+        print()
+        bench_offcpu_switches(args.seconds)
 
 
 if __name__ == "__main__":

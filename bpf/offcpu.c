@@ -13,37 +13,9 @@ struct start_rec {
     s32 kernel_stack_id;
 };
 
-struct offcpu_val {
-    u64 switches;
-    u64 ns;
-};
-
 BPF_HASH(start, u32, struct start_rec, MAX_THREADS);
-BPF_TABLE("hash", struct stack_key, struct offcpu_val, counts_a, MAX_STACKS);
-BPF_TABLE("hash", struct stack_key, struct offcpu_val, counts_b, MAX_STACKS);
-BPF_ARRAY_OF_MAPS(active_counts, "counts_a", 1);
-
-static __always_inline void add_blocked(struct stack_key *key, u64 ns)
-{
-    int slot = 0;
-    void *counts = active_counts.lookup(&slot);
-    if (!counts) {
-        stat_add(STAT_NO_ACTIVE_MAP);
-        return;
-    }
-    struct offcpu_val *val = bpf_map_lookup_elem(counts, key);
-    if (!val) {
-        struct offcpu_val zero = {};
-        bpf_map_update_elem(counts, key, &zero, BPF_NOEXIST);
-        val = bpf_map_lookup_elem(counts, key);
-        if (!val) {
-            stat_add(STAT_COUNTS_FULL);
-            return;
-        }
-    }
-    __sync_fetch_and_add(&val->switches, 1);
-    __sync_fetch_and_add(&val->ns, ns);
-}
+#define OFFCPU_KEY struct stack_key
+#include "offcpu_counts.h"
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {

@@ -23,6 +23,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     s->h.tid = (u32)pid_tgid;
     s->h.flags = 0;
     s->h.seq = 0;
+    s->h.memo_id = 0;
     s->h.stack_bytes = 0;
     u64 ip = ctx->regs.ip;
     if (ip < USER_SPACE_END) { /* interrupted in user mode: these are the user regs */

@@ -30,6 +30,7 @@ enum sample_kind {
     SAMPLE_ON_CPU = 1,     /* a CPU-clock sample */
     SAMPLE_SWITCH_OUT = 2, /* off-CPU: a thread left the CPU (stacks, pending) */
     SAMPLE_SWITCH_IN = 3,  /* off-CPU: it came back (completion, no stacks) */
+    SAMPLE_SWITCH_OUT_REPEAT = 4, /* off-CPU: a switch-out that unwinds like memo_id did */
 };
 
 enum sample_flag {
@@ -46,6 +47,7 @@ struct sample_header {
     u64 sp;
     u64 bp;
     u64 seq;           /* off-CPU: switch-out time, pairs the two records of one switch */
+    u64 memo_id;       /* SWITCH_OUT_REPEAT: the memo whose stack this one has (offcpu_dwarf.c) */
     u32 kstack_bytes;  /* valid bytes of kstack */
     u32 stack_bytes;   /* bytes of user stack following the header */
     u64 kstack[KSTACK_DEPTH];
@@ -74,6 +76,8 @@ enum unwind_stat {
     STAT_KSTACK_ERROR,     /* kernel stack not captured */
     STAT_START_FULL,       /* off-CPU: switch-out not recorded, start map full */
     STAT_NO_SCRATCH,       /* should never happen: no scratch slot for this CPU */
+    STAT_COUNTS_FULL,      /* off-CPU repeat not counted: counts map full */
+    STAT_NO_ACTIVE_MAP,    /* should never happen: map-in-map slot empty */
     STAT_COUNT
 };
 

@@ -135,7 +135,7 @@ def test_stack_map_is_collected_when_it_fills(headers, spawn):
             time.sleep(0.2)
             drain = engine.drain()
             unresolved += drain.counters["stacks_unresolved"]
-            assert len(engine._known_stack_ids) <= 256
+            assert engine._stacks.known <= 256
         assert drain.stacks
     finally:
         engine.close()

@@ -15,6 +15,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from rover.bpf.counts import DoubleBufferedCounts, StackTraces
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
 from rover.profile import ProfileType
@@ -85,16 +86,20 @@ class ProfilerEngine:
         self.config = config or EngineConfig()
         self._lock = threading.Lock()
         self._bpf = load_program(_PROGRAM[profile_type], headers, self.config.defines())
-        self._tables = (b"counts_a", b"counts_b")
-        self._active = 0
         self._stats_seen = [0] * len(STAT_NAMES)
-        self._known_stack_ids: set[int] = set()
         self._pids: set[int] = set()
         # For metrics: keys drained so far, and how full the last drained counts map was
         # (near 1.0 means events are being dropped as counts_map_full).
         self.stacks_drained = 0
         self.last_counts_fill = 0.0
-        self._set_active(0)
+        try:
+            self._counts = DoubleBufferedCounts(self._bpf)
+            self._stacks = StackTraces(
+                self._bpf[b"stacks"], self.config.stack_map_size, self.config.stack_gc_ratio
+            )
+        except BaseException:
+            self.close()
+            raise
         self._attach()
 
     # -- lifecycle -------------------------------------------------------
@@ -144,45 +149,22 @@ class ProfilerEngine:
         with self._lock:
             if self._bpf is None:
                 return DrainResult()
-            drained = self._tables[self._active]
-            # Map-in-map updates wait for running programs (synchronize_rcu),
-            # so after this no program writes the drained table.
-            self._set_active(1 - self._active)
-            table = self._bpf[drained]
-            items = _take_all(table)
+            items = self._counts.take()
             self.stacks_drained += len(items)
             self.last_counts_fill = len(items) / self.config.max_stacks
             result = DrainResult(counters=self._stat_deltas())
             resolved: dict[int, tuple[int, ...] | None] = {}
             unresolved = 0
             for key, value in items:
-                user = self._stack(key.user_stack_id, resolved)
-                kernel = self._stack(key.kernel_stack_id, resolved)
+                user = self._stacks.resolve(key.user_stack_id, resolved)
+                kernel = self._stacks.resolve(key.kernel_stack_id, resolved)
                 if user is None or kernel is None:
                     unresolved += 1
                 values = _values(self.type, value)
                 result.stacks.append(RawStack(key.tgid, user or (), kernel or (), values))
             result.counters["stacks_unresolved"] = unresolved
-            self._known_stack_ids.update(k for k, v in resolved.items() if v is not None)
-            self._collect_stacks_if_full()
+            self._stacks.collect_if_full(self._referenced_stacks)
             return result
-
-    def _set_active(self, index: int) -> None:
-        fd = self._bpf[self._tables[index]].get_fd()
-        self._bpf[b"active_counts"][ct.c_int(0)] = ct.c_int(fd)
-        self._active = index
-
-    def _stack(self, stack_id: int, cache: dict[int, tuple[int, ...] | None]):
-        """Addresses for a stack id; () when none was captured; None when it is gone."""
-        if stack_id < 0:
-            return ()
-        if stack_id not in cache:
-            try:
-                trace = self._bpf[b"stacks"][ct.c_int(stack_id)]
-                cache[stack_id] = tuple(ip for ip in trace.ip if ip)
-            except KeyError:
-                cache[stack_id] = None
-        return cache[stack_id]
 
     def _read_stats(self) -> list[int]:
         table = self._bpf[b"stats"]
@@ -194,32 +176,15 @@ class ProfilerEngine:
         self._stats_seen = now
         return deltas
 
-    def _collect_stacks_if_full(self) -> None:
-        """Delete stacks no longer referenced once the stack map fills up.
-
-        Referenced: the active counts table and (off-CPU) threads switched out
-        right now. A stack deleted in the instant a new event references it is
-        reported as ``stacks_unresolved`` at the next drain, never silently.
-        """
-        limit = self.config.stack_map_size * self.config.stack_gc_ratio
-        if len(self._known_stack_ids) < limit:
-            return
+    def _referenced_stacks(self) -> set[int]:
+        """Stack ids in the active counts map and (off-CPU) of threads switched out now."""
         referenced: set[int] = set()
-        for key in self._bpf[self._tables[self._active]]:
+        for key in self._counts.active_keys():
             referenced.update((key.user_stack_id, key.kernel_stack_id))
         if self.type is ProfileType.OFF_CPU:
             for rec in self._bpf[b"start"].values():
                 referenced.update((rec.user_stack_id, rec.kernel_stack_id))
-        stacks = self._bpf[b"stacks"]
-        deleted = 0
-        for stack_id in self._known_stack_ids - referenced:
-            try:
-                del stacks[ct.c_int(stack_id)]
-                deleted += 1
-            except KeyError:
-                pass
-        self._known_stack_ids &= referenced
-        log.debug("stack map collection: %d stacks deleted", deleted)
+        return referenced
 
     def forget_exited_threads(self) -> int:
         """Off-CPU: drop switch-out records of threads that exited while away."""
@@ -236,16 +201,6 @@ class ProfilerEngine:
                 with contextlib.suppress(KeyError):
                     del start[k]
             return len(gone)
-
-
-def _take_all(table) -> list:
-    """Read and clear a table nobody writes any more."""
-    try:
-        return list(table.items_lookup_and_delete_batch())
-    except Exception:  # noqa: BLE001 - batch ops missing on old kernels: fall back
-        items = list(table.items())
-        table.clear()
-        return items
 
 
 def _values(profile_type: ProfileType, value) -> tuple[int, ...]:

@@ -16,7 +16,9 @@ drain. Records lost to a full ring buffer are counted in the kernel
 
 Off-CPU samples come in two records (see ``bpf/offcpu_dwarf.c``): the
 switch-out, unwound on arrival and kept per thread, and the switch-in, which
-counts it with the time away.
+counts it with the time away. A thread switching out again where it did
+before is a repeat: counted in the kernel, with no stack copy (``memo.py``),
+and merged into the counts at each drain.
 """
 
 from __future__ import annotations
@@ -29,17 +31,20 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
+from rover.bpf.counts import DoubleBufferedCounts, StackTraces
 from rover.bpf.engine import DrainResult, EngineConfig, RawStack
 from rover.bpf.headers import KernelHeaders
-from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
+from rover.bpf.loader import attach_cpu_clock, load_program
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
+from rover.unwind.memo import MEMO_ENTRIES, MEMO_WORDS, SwitchMemos
 from rover.unwind.process_space import ProcessSpaces
 from rover.unwind.records import (
     FLAG_NO_USER_REGS,
     FLAG_STACK_FAILED,
     HEADER_BYTES,
     SAMPLE_SWITCH_OUT,
+    SAMPLE_SWITCH_OUT_REPEAT,
     Sample,
     SwitchIn,
     parse_record,
@@ -57,11 +62,14 @@ KERNEL_STAT_NAMES = (
     "kernel_stack_errors",
     "start_map_full",
     "no_scratch",
+    "counts_map_full",
+    "no_active_map",
 )
 # Unwinds that stopped early, by reason (counted per sample; the sample is still counted
 # with the frames found). "complete" and "no_stack" (= stack_copy_failed) are not failures.
 _UNWIND_COUNTERS = {
     Status.TRUNCATED: "unwind_truncated",
+    Status.SIGALTSTACK: "unwind_sigaltstack",
     Status.NO_MAPS: "unwind_no_maps",
     Status.UNMAPPED: "unwind_unmapped",
     Status.BAD_FRAME: "unwind_bad_frame",
@@ -71,10 +79,14 @@ COUNTER_NAMES = (
     *KERNEL_STAT_NAMES,
     *_UNWIND_COUNTERS.values(),
     "offcpu_unpaired",  # a switch-in whose switch-out record was lost
+    "offcpu_memo_missing",  # a repeat of a memo no longer known: counted without user frames
+    "stacks_unresolved",  # off-CPU repeats whose kernel stack was collected: counted without it
     "record_errors",  # records that could not be parsed or unwound (never expected)
     "cfi_load_errors",  # files whose CFI could not be loaded (their frames use frame pointers)
+    "debug_frame_errors",  # debug files whose .debug_frame was unusable (the file's own CFI used)
 )
 
+_SPACE_ERRORS = ("cfi_load_errors", "debug_frame_errors")  # counted by ProcessSpaces
 _PROGRAM = {ProfileType.ON_CPU: "oncpu_dwarf", ProfileType.OFF_CPU: "offcpu_dwarf"}
 MAX_STACK_BYTES = 32768
 _MIN_RING_BYTES = 1 << 20
@@ -89,6 +101,7 @@ class UnwindSettings:
     stack_bytes: int = 16384  # user stack copied per sample (max 32 KiB)
     ring_buffer_bytes: int = 0  # 0: sized from the CPU count and frequency (see ring_pages)
     poll_timeout_ms: int = 50  # the consumer thread's wait for records
+    offcpu_repeats: bool = True  # off-CPU: memoize switch-out places (False: copy every time)
 
     def __post_init__(self) -> None:
         if not 512 <= self.stack_bytes <= MAX_STACK_BYTES or self.stack_bytes % 8:
@@ -137,27 +150,41 @@ class DwarfProfilerEngine:
         self._pending: dict[int, tuple[int, int, tuple[int, ...], tuple[int, ...]]] = {}
         self._counters: Counter[str] = Counter()
         self._stats_seen = [0] * len(KERNEL_STAT_NAMES)
-        self._cfi_errors_seen = 0
+        self._space_errors_seen = dict.fromkeys(_SPACE_ERRORS, 0)
         self._error_logged = False
         # Informational totals (not failures): frames stepped without CFI, signal frames.
         self.fp_frames = 0
         self.signal_frames = 0
         self.samples_unwound = 0
+        self.ring_repeats = 0  # off-CPU repeats sent as records (no kernel stack id to be had)
         # For metrics, like ProfilerEngine: stacks drained so far; no counts map to fill.
         self.stacks_drained = 0
         self.last_counts_fill = 0.0
         cpus = _possible_cpus()
         defines = {
-            "MAX_PIDS": self.config.max_pids,
+            **self.config.defines(),
             "MAX_CPUS": cpus,
-            "MAX_THREADS": self.config.max_threads,
             "STACK_BYTES": self.settings.stack_bytes,
             "RINGBUF_PAGES": self.settings.ring_pages(cpus, self.config.frequency),
+            "MEMO_WORDS": MEMO_WORDS,
+            "MEMO_ENTRIES": MEMO_ENTRIES,
         }
         self._bpf = load_program(_PROGRAM[profile_type], headers, defines)
-        self._bpf[b"samples"].open_ring_buffer(self._on_record)
+        self.memos: SwitchMemos | None = None
+        self._repeat_counts: DoubleBufferedCounts | None = None
         self._stop = threading.Event()
-        self._attach()
+        try:  # a loaded program must not outlive a failed start
+            if profile_type is ProfileType.OFF_CPU and self.settings.offcpu_repeats:
+                self.memos = SwitchMemos(self._bpf[b"memos"])
+                self._repeat_counts = DoubleBufferedCounts(self._bpf)
+                self._kernel_stacks = StackTraces(
+                    self._bpf[b"stacks"], self.config.stack_map_size, self.config.stack_gc_ratio
+                )
+            self._bpf[b"samples"].open_ring_buffer(self._on_record)
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
         self._consumer = threading.Thread(
             target=self._consume_loop, name=f"rover-unwind-{profile_type.value}", daemon=True
         )
@@ -167,11 +194,7 @@ class DwarfProfilerEngine:
     def _attach(self) -> None:
         if self.type is not ProfileType.ON_CPU:
             return  # TRACEPOINT_PROBE is attached by bcc when the program loads
-        try:
-            attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
-        except BPFLoadError:
-            self.close()
-            raise
+        attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
 
     def close(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -226,14 +249,17 @@ class DwarfProfilerEngine:
                 return DrainResult()
             with self._ring_lock:
                 self._bpf.ring_buffer_consume()
+                if self.memos is not None:
+                    self._drain_repeats(self.memos)
                 counts, self._counts = self._counts, {}
                 counters, self._counters = self._counters, Counter()
             result = DrainResult(counters=self._stat_deltas())
             for name in COUNTER_NAMES[len(KERNEL_STAT_NAMES) :]:
                 result.counters[name] = counters.get(name, 0)
-            cfi_errors = self.spaces.counters["cfi_load_errors"]
-            result.counters["cfi_load_errors"] = cfi_errors - self._cfi_errors_seen
-            self._cfi_errors_seen = cfi_errors
+            for name in _SPACE_ERRORS:  # ProcessSpaces counts since it started
+                now = self.spaces.counters.get(name, 0)
+                result.counters[name] = now - self._space_errors_seen[name]
+                self._space_errors_seen[name] = now
             for (tgid, user, kernel), values in counts.items():
                 result.stacks.append(RawStack(tgid, user, kernel, tuple(values)))
             self.stacks_drained += len(result.stacks)
@@ -241,6 +267,30 @@ class DwarfProfilerEngine:
                 self.spaces.forget(pid)
             self._forget_after_drain.clear()
             return result
+
+    def _drain_repeats(self, memos: SwitchMemos) -> None:
+        """Add the repeats counted in the kernel to the counts, then retire old memos."""
+        kept = memos.still_switched_out(self._bpf[b"start"])  # before the swap: see memo.py
+        resolved: dict[int, tuple[int, ...] | None] = {}
+        for key, value in self._repeat_counts.take():
+            user = memos.frames(key.memo_id, value.switches)
+            if user is None:
+                self._counters["offcpu_memo_missing"] += value.switches
+                user = ()
+            kernel = self._kernel_stacks.resolve(key.kstack_id, resolved)
+            if kernel is None:
+                self._counters["stacks_unresolved"] += value.switches
+                kernel = ()
+            self._add(key.tgid, user, kernel, value.switches, value.ns)
+        self._kernel_stacks.collect_if_full(self._referenced_kernel_stacks)
+        memos.after_drain(kept)
+        gone = self._forget_after_drain
+        memos.forget_threads([t for t, p in memos.owners().items() if p in gone])
+
+    def _referenced_kernel_stacks(self) -> set[int]:
+        referenced = {key.kstack_id for key in self._repeat_counts.active_keys()}
+        referenced.update(rec.kstack_id for rec in self._bpf[b"start"].values() if rec.memo_id)
+        return referenced
 
     def forget_exited_threads(self) -> int:
         """Off-CPU: drop switch-out records (kernel and pending here) of threads that exited."""
@@ -266,6 +316,11 @@ class DwarfProfilerEngine:
             ]
             for tid in stale:
                 del self._pending[tid]
+            if self.memos is not None:
+                owners = self.memos.owners()
+                self.memos.forget_threads(
+                    [t for t, p in owners.items() if not os.path.exists(f"/proc/{p}/task/{t}")]
+                )
         return len(gone)
 
     # -- the consumer ----------------------------------------------------
@@ -291,6 +346,14 @@ class DwarfProfilerEngine:
         return 0
 
     def _add_sample(self, sample: Sample) -> None:
+        if sample.kind == SAMPLE_SWITCH_OUT_REPEAT:
+            self.ring_repeats += 1
+            user = self.memos.frames(sample.memo_id) if self.memos is not None else None
+            if user is None:
+                self._counters["offcpu_memo_missing"] += 1
+                user = ()
+            self._pending[sample.tid] = (sample.seq, sample.tgid, user, sample.kernel)
+            return
         user = self._unwind(sample)
         if sample.kind == SAMPLE_SWITCH_OUT:
             self._pending[sample.tid] = (sample.seq, sample.tgid, user, sample.kernel)
@@ -308,17 +371,21 @@ class DwarfProfilerEngine:
             self._counters["offcpu_unpaired"] += 1
             return
         _, tgid, user, kernel = pending
+        self._add(tgid, user, kernel, 1, done.ns)
+
+    def _add(self, tgid: int, user: tuple[int, ...], kernel: tuple[int, ...], n: int, ns: int):
         key = (tgid, user, kernel)
         values = self._counts.get(key)
         if values is None:
-            self._counts[key] = [1, done.ns]
+            self._counts[key] = [n, ns]
         else:
-            values[0] += 1
-            values[1] += done.ns
+            values[0] += n
+            values[1] += ns
 
     def _unwind(self, sample: Sample) -> tuple[int, ...]:
         if sample.flags & FLAG_NO_USER_REGS:
             return ()
+        memos = self.memos if sample.kind == SAMPLE_SWITCH_OUT else None
         result = self.unwinder.unwind(
             sample.tgid,
             sample.ip,
@@ -326,7 +393,10 @@ class DwarfProfilerEngine:
             sample.bp,
             sample.stack,
             stack_copied=not sample.flags & FLAG_STACK_FAILED,
+            record_reads=memos is not None,
         )
+        if memos is not None:
+            memos.remember(sample.tgid, sample.tid, sample.ip, sample.sp, sample.bp, result)
         self.samples_unwound += 1
         self.fp_frames += result.fp_frames
         self.signal_frames += result.signal_frames

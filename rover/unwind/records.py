@@ -12,12 +12,13 @@ from dataclasses import dataclass
 SAMPLE_ON_CPU = 1
 SAMPLE_SWITCH_OUT = 2
 SAMPLE_SWITCH_IN = 3
+SAMPLE_SWITCH_OUT_REPEAT = 4  # a switch-out without a stack: it unwinds like memo ``memo_id``
 
 FLAG_STACK_FAILED = 1
 FLAG_NO_USER_REGS = 2
 
 KSTACK_DEPTH = 127
-_HEADER = struct.Struct("<IIIIQQQQII")
+_HEADER = struct.Struct("<IIIIQQQQQII")
 HEADER_BYTES = _HEADER.size + 8 * KSTACK_DEPTH
 _SWITCH_IN = struct.Struct("<IIIIQQ")
 _KIND = struct.Struct("<I")
@@ -29,7 +30,7 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """A SAMPLE_ON_CPU or SAMPLE_SWITCH_OUT record."""
+    """A SAMPLE_ON_CPU, SAMPLE_SWITCH_OUT or SAMPLE_SWITCH_OUT_REPEAT record."""
 
     kind: int
     tgid: int
@@ -39,8 +40,9 @@ class Sample:
     sp: int
     bp: int
     seq: int
+    memo_id: int
     kernel: tuple[int, ...]  # leaf first
-    stack: bytes  # the user stack from ``sp`` upward
+    stack: bytes  # the user stack from ``sp`` upward (empty in a repeat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +62,18 @@ def parse_record(data: bytes) -> Sample | SwitchIn:
             raise RecordError(f"switch-in record of {len(data)} bytes")
         _, tgid, tid, _, seq, ns = _SWITCH_IN.unpack_from(data)
         return SwitchIn(tgid, tid, seq, ns)
-    if len(data) < HEADER_BYTES:
+    if len(data) < _HEADER.size:
         raise RecordError(f"sample record of {len(data)} bytes")
-    kind, tgid, tid, flags, ip, sp, bp, seq, kstack_bytes, stack_bytes = _HEADER.unpack_from(data)
+    kind, tgid, tid, flags, ip, sp, bp, seq, memo_id, kstack_bytes, stack_bytes = (
+        _HEADER.unpack_from(data)
+    )
     depth = min(kstack_bytes // 8, KSTACK_DEPTH)
+    # A repeat carries only the used part of kstack; the others the whole header.
+    needed = _HEADER.size + 8 * depth if kind == SAMPLE_SWITCH_OUT_REPEAT else HEADER_BYTES
+    if len(data) < needed:
+        raise RecordError(f"sample record of {len(data)} bytes, {needed} expected")
     kernel = tuple(a for a in struct.unpack_from(f"<{depth}Q", data, _HEADER.size) if a)
-    stack = data[HEADER_BYTES : HEADER_BYTES + stack_bytes]
-    return Sample(kind, tgid, tid, flags, ip, sp, bp, seq, kernel, stack)
+    stack = b""
+    if kind != SAMPLE_SWITCH_OUT_REPEAT:
+        stack = data[HEADER_BYTES : HEADER_BYTES + stack_bytes]
+    return Sample(kind, tgid, tid, flags, ip, sp, bp, seq, memo_id, kernel, stack)

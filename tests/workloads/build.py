@@ -42,6 +42,7 @@ CALL_CHAIN: dict[str, list[str]] = {
     "hot_go": ["main.main", "main.work"],
     "block_c": ["main", "block_loop", "block_sleep"],
     "chain_c": ["main", "chain_a", "chain_b"],
+    "repeat_c": ["main", "left_a", "left_b", "wait_leaf"],  # and right_a, right_b
     "unwind_snapshot": ["main", "snap_a", "snap_b"],
     "unwind_cpp": ["main", "cxx_outer()", "cxx_work()"],
 }
@@ -70,6 +71,7 @@ WORKLOADS: dict[str, Workload] = {
     # .eh_frame unwinding (tests/test_unwind_*.py): no frame pointers anywhere.
     "chain_c": Workload("chain_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "unwind_snapshot": Workload("unwind_snapshot.c", "gcc", ("-O2", "-fomit-frame-pointer")),
+    "repeat_c": Workload("repeat_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "unwind_cpp": Workload("unwind_cpp.cpp", "g++", ("-O2", "-fomit-frame-pointer")),
 }
 

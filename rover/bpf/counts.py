@@ -1,0 +1,100 @@
+"""Draining in-kernel counts exactly, and resolving stack ids.
+
+Every counting program keeps its counts in two inner hash maps (``counts_a``,
+``counts_b``) behind the one-slot ARRAY_OF_MAPS ``active_counts`` (see
+``bpf/profile_common.h``). Pointing the slot at the other map is a map-in-map
+update, on which the kernel runs synchronize_rcu(): when the syscall returns,
+no program still writes the old map, so it is read and cleared with no writer
+racing it, and every event lands in exactly one drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class DoubleBufferedCounts:
+    """The ``counts_a``/``counts_b`` pair of a loaded program."""
+
+    def __init__(self, bpf, names: tuple[bytes, bytes] = (b"counts_a", b"counts_b")) -> None:
+        self._bpf = bpf
+        self._names = names
+        self._active = 0
+        self._set_active(0)
+
+    def take(self) -> list:
+        """Swap maps, then read and clear the one no program writes any more."""
+        drained = self._names[self._active]
+        self._set_active(1 - self._active)
+        return _take_all(self._bpf[drained])
+
+    def active_keys(self) -> list:
+        return list(self._bpf[self._names[self._active]].keys())
+
+    def active_len(self) -> int:
+        return len(self._bpf[self._names[self._active]])
+
+    def _set_active(self, index: int) -> None:
+        fd = self._bpf[self._names[index]].get_fd()
+        self._bpf[b"active_counts"][ct.c_int(0)] = ct.c_int(fd)
+        self._active = index
+
+
+class StackTraces:
+    """A BPF_STACK_TRACE map: ids to addresses, and collection of unreferenced stacks."""
+
+    def __init__(self, table, size: int, gc_ratio: float) -> None:
+        self._table = table
+        self._limit = size * gc_ratio
+        self._known: set[int] = set()
+
+    def resolve(self, stack_id: int, cache: dict[int, tuple[int, ...] | None]):
+        """Addresses for a stack id; () when none was captured; None when it is gone."""
+        if stack_id < 0:
+            return ()
+        if stack_id not in cache:
+            try:
+                trace = self._table[ct.c_int(stack_id)]
+                cache[stack_id] = tuple(ip for ip in trace.ip if ip)
+                self._known.add(stack_id)
+            except KeyError:
+                cache[stack_id] = None
+        return cache[stack_id]
+
+    def collect_if_full(self, referenced) -> None:
+        """Delete stacks no longer referenced once the map fills up.
+
+        ``referenced`` is called only then, for the ids still in use (the
+        active counts map, threads switched out right now). A stack deleted in
+        the instant a new event references it is reported as unresolved at the
+        next drain, never silently.
+        """
+        if len(self._known) < self._limit:
+            return
+        keep: set[int] = set(referenced())
+        deleted = 0
+        for stack_id in self._known - keep:
+            with contextlib.suppress(KeyError):
+                del self._table[ct.c_int(stack_id)]
+                deleted += 1
+        self._known &= keep
+        log.debug("stack map collection: %d stacks deleted", deleted)
+
+    @property
+    def known(self) -> int:
+        """Stack ids resolved and not collected since."""
+        return len(self._known)
+
+
+def _take_all(table) -> list:
+    """Read and clear a table nobody writes any more."""
+    try:
+        return list(table.items_lookup_and_delete_batch())
+    except Exception:  # noqa: BLE001 - batch ops missing on old kernels: fall back
+        items = list(table.items())
+        table.clear()
+        return items
