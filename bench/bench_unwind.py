@@ -10,9 +10,10 @@
    through libc without frame pointers), unwound repeatedly on one core.
 3. A Debian nginx under ``wrk`` load (needs root and BPF): requests per second
    unprofiled, profiled by ``rover profile`` in frame_pointer mode and in
-   eh_frame mode at the default frequency, and the CPU ``rover profile`` used.
+   eh_frame mode at the default frequency, and the CPU ``rover profile`` used;
+   and the share of its samples that name one of nginx's own functions.
 4. Off-CPU in eh_frame mode at a high context-switch rate (needs root and
-   BPF): two threads of ``bench/workloads/pingpong.c`` pass a byte through
+   BPF): two threads of ``bench/workloads/pingpong.c``, on one CPU, pass a byte through
    pipes; round trips per second unprofiled, and profiled with switch-out
    repeats (memos, the default), with a stack copy on every switch, and in
    frame_pointer mode (the reference); the profiler's CPU, ring buffer drops,
@@ -149,6 +150,35 @@ def bench_service(seconds: int) -> None:
         print(f"| {name} | {rps:,.0f} | {cpu_text} | {samples or ''} |")
 
 
+def bench_named_share(seconds: float) -> None:
+    """Share of nginx's on-CPU samples that name one of its own functions, per mode."""
+    from nginx_server import nginx, profile_under_load
+
+    from rover.bpf.engine import EngineConfig, ProfilerEngine
+    from rover.bpf.headers import HeaderSearch
+    from rover.profile import ProfileType
+    from rover.unwind.engine import DwarfProfilerEngine
+
+    headers = HeaderSearch().find()
+    config = EngineConfig(frequency=499)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, nginx(Path(tmp)) as (server, port):
+        for name in ("frame_pointer", "eh_frame"):
+            if name == "frame_pointer":
+                engine = ProfilerEngine(ProfileType.ON_CPU, headers, config)
+            else:
+                engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, config)
+            try:
+                total, named, _ = profile_under_load(engine, server.pid, port, seconds)
+            finally:
+                engine.close()
+            rows.append((name, total, named))
+    print(f"| nginx under wrk, 499 Hz, {seconds:.0f}s | samples | naming an nginx function |")
+    print("|---|---:|---:|")
+    for name, total, named in rows:
+        print(f"| {name} | {total:,} | {named / max(1, total):.1%} |")
+
+
 def build_pingpong(directory: Path) -> Path:
     exe = directory / "pingpong"
     source = ROOT / "bench" / "workloads" / "pingpong.c"
@@ -159,7 +189,9 @@ def build_pingpong(directory: Path) -> Path:
 
 def run_pingpong(exe: Path, seconds: float, engine=None) -> tuple[int, dict[str, int]]:
     """Round trips, and the engine's counters over the run (drained every second)."""
-    process = subprocess.Popen([str(exe), str(seconds)], stdout=subprocess.PIPE, text=True)
+    # Both threads on one CPU: every pass is a context switch, and the rate is steady.
+    command = ["taskset", "-c", "0", str(exe), str(seconds)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     counters: dict[str, int] = {}
     if engine is not None:
         engine.add_pid(process.pid)
@@ -227,6 +259,8 @@ def main() -> None:
     print()
     if not args.skip_service:
         bench_service(args.seconds)
+        print()
+        bench_named_share(args.seconds)
         print()
         bench_offcpu_switches(args.seconds)
 

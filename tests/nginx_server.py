@@ -96,3 +96,26 @@ def load(port: int, seconds: float, connections: int = 8) -> float:
     if not match:
         raise RuntimeError(f"unexpected wrk output: {out}")
     return float(match.group(1))
+
+
+def profile_under_load(engine, pid: int, port: int, seconds: float = 3.0):
+    """(samples, samples with a named nginx frame, drain result) while wrk loads the server."""
+    import threading
+
+    from rover.symbols import Symbolizer
+
+    symbolizer = Symbolizer()
+    symbolizer.prepare(pid)
+    engine.add_pid(pid)
+    loader = threading.Thread(target=load, args=(port, seconds))
+    loader.start()
+    loader.join()
+    engine.remove_pid(pid)
+    result = engine.drain()
+    total = named = 0
+    for stack in result.stacks:
+        frames = symbolizer.user_frames(pid, [a for a in stack.user if a < 1 << 63])
+        total += stack.values[0]
+        if any(f.module == "nginx" and f.symbolized for f in frames):
+            named += stack.values[0]
+    return total, named, result

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from nginx_server import load, nginx
+from nginx_server import nginx, profile_under_load
 
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import HeaderSearch
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
-from rover.symbols import Symbolizer
 from rover.unwind.engine import DwarfProfilerEngine
 from rover.unwind.frame_pointers import EH_FRAME, choose_unwind
 
 pytestmark = pytest.mark.bpf
-
-
-def profile_under_load(engine, pid: int, port: int, seconds: float = 3.0):
-    """(samples, samples with a named nginx frame) while wrk loads the server."""
-    symbolizer = Symbolizer()
-    symbolizer.prepare(pid)
-    engine.add_pid(pid)
-    loader = threading.Thread(target=load, args=(port, seconds))
-    loader.start()
-    loader.join()
-    engine.remove_pid(pid)
-    result = engine.drain()
-    total = named = 0
-    for stack in result.stacks:
-        frames = symbolizer.user_frames(pid, [a for a in stack.user if a < 1 << 63])
-        total += stack.values[0]
-        if any(f.module == "nginx" and f.symbolized for f in frames):
-            named += stack.values[0]
-    return total, named, result
 
 
 def test_nginx_samples_name_its_own_functions(tmp_path):
