@@ -183,16 +183,22 @@ hotLoopWork();
 
 
 @pytest.mark.bpf
-def test_node_perf_basic_prof_stacks_name_the_js_function(spawn, tmp_path: Path) -> None:
+@pytest.mark.parametrize("unwind", ["frame_pointer", "eh_frame"])
+def test_node_perf_basic_prof_stacks_name_the_js_function(spawn, tmp_path: Path, unwind) -> None:
+    """JIT code has no CFI: in eh_frame mode its frames are stepped by frame pointer (V8
+    keeps them), and the unwind goes on through node's own frames."""
     from rover.bpf.engine import EngineConfig, ProfilerEngine
     from rover.bpf.headers import HeaderSearch
+    from rover.unwind.engine import DwarfProfilerEngine
+
+    engine_class = DwarfProfilerEngine if unwind == "eh_frame" else ProfilerEngine
 
     # cwd: --perf-basic-prof also writes a V8 log file there.
     node = spawn(["node", "--perf-basic-prof", "-e", NODE_SCRIPT], cwd=tmp_path)
     perf_map_path = Path(f"/tmp/perf-{node.pid}.map")
     symbolizer = Symbolizer()
     try:
-        engine = ProfilerEngine(ProfileType.ON_CPU, HeaderSearch().find(), EngineConfig(199))
+        engine = engine_class(ProfileType.ON_CPU, HeaderSearch().find(), EngineConfig(199))
         try:
             time.sleep(0.5)  # let V8 optimize the loop (and write its code to the perf map)
             symbolizer.prepare(node.pid)
@@ -212,3 +218,11 @@ def test_node_perf_basic_prof_stacks_name_the_js_function(spawn, tmp_path: Path)
     assert named / total > 0.8, [names(f) for f, _ in symbolized][:5]
     jit = [f for frames in in_work for f in frames if "hotLoopWork" in f.name]
     assert {(f.module, f.file) for f in jit} == {(perf_map_path.name, str(perf_map_path))}
+    if unwind == "eh_frame":  # past the JIT frames, through node's C++ (CFI), to _start
+        rooted = [
+            frames
+            for frames in in_work
+            if [f.name for f in frames[-2:]] == ["__libc_start_main", "_start"]
+            and any(f.name.startswith("node::Start") for f in frames)
+        ]
+        assert len(rooted) / len(in_work) > 0.8, [names(f)[-4:] for f in in_work][:3]
