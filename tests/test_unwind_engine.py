@@ -298,3 +298,19 @@ def test_cli_unwind_option(spawn, workloads, tmp_path, unwind):
         assert share < 0.1
     else:  # auto picks eh_frame for this binary
         assert share > 0.8, stacks[:3]
+
+
+def test_cli_off_cpu_eh_frame(spawn, workloads, tmp_path):
+    from rover_cli import folded_stacks, rover, user_frames
+
+    sleeper = spawn([workloads.build("chain_c"), "sleep", "100000", "1"])
+    sleeper.send_line("go")
+    out = tmp_path / "wait.folded"
+    result = rover(
+        "profile", "--pid", str(sleeper.pid), "--type", "off-cpu", "--duration", "2s",
+        "--unwind", "eh_frame", "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    stacks = [(user_frames(frames), n) for frames, n in folded_stacks(out)]
+    assert chain_share(stacks, CHAIN) > 0.9, stacks[:3]
