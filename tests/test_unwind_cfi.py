@@ -36,11 +36,14 @@ from rover.unwind.unwinder import Status, Unwinder
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 LIBSTDCXX = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"
-_REG_RULE = re.compile(r"r\d+ \(\w+\)")
+_REG_RULE = re.compile(r"\b(r\d+) \(\w+\)")  # a value held in a register: "r9 (r9)"
 
 
-def readelf_rows(path: str):
-    """(pc, columns) for every FDE row readelf prints (CIE rows skipped)."""
+def readelf_rows(path: str, register_names: bool = False):
+    """(pc, columns) for every FDE row readelf prints (CIE rows skipped).
+
+    A rule "held in a register" reads ``reg``, or with ``register_names`` the register.
+    """
     # readelf exits 1 over libc's .debug_* stubs it cannot find; the frames print fine.
     out = subprocess.run(["readelf", "-wF", path], capture_output=True, text=True).stdout
     assert "FDE" in out
@@ -51,7 +54,7 @@ def readelf_rows(path: str):
         elif line.strip().startswith("LOC"):
             columns = line.split()
         elif columns and in_fde and re.match(r"^[0-9a-f]{16} ", line):
-            values = _REG_RULE.sub("reg", line).split()
+            values = _REG_RULE.sub(r"\1" if register_names else "reg", line).split()
             yield int(values[0], 16), dict(zip(columns, values, strict=False))
 
 

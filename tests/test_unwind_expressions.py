@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from elftools.dwarf.descriptions import ExprDumper
 from elftools.dwarf.structs import DWARFStructs
+from test_unwind_cfi import readelf_rows
 
 from rover.symbols import Symbolizer
 from rover.symbols.maps import parse_maps
@@ -321,7 +322,6 @@ def test_corrupt_expression_lengths_are_skipped():
 
 _DUMPER = ExprDumper(DWARFStructs(little_endian=True, dwarf_format=32, address_size=8))
 _REG_NAME = re.compile(r" \(\w+\)")  # readelf says "(rsp)", pyelftools "(r7)"
-_HELD_IN = re.compile(r"\b(r\d+) \(\w+\)")
 _PLT_TEXT = "DW_OP_breg7: 8; DW_OP_breg16: 0; DW_OP_lit15; DW_OP_and; DW_OP_lit{}; DW_OP_ge"
 
 
@@ -373,20 +373,6 @@ def readelf_expression_states(path: str) -> dict[int, tuple[str | None, str | No
     return states
 
 
-def readelf_interp_rows(path: str):
-    """(pc, {column: rule}) for every FDE row of ``readelf -wF`` (register names dropped)."""
-    out = subprocess.run(["readelf", "-wF", path], capture_output=True, text=True).stdout
-    columns, in_fde = None, False
-    for line in out.splitlines():
-        if " CIE" in line or " FDE " in line:
-            in_fde, columns = " FDE " in line, None
-        elif line.strip().startswith("LOC"):
-            columns = line.split()
-        elif columns and in_fde and re.match(r"^[0-9a-f]{16} ", line):
-            values = _HELD_IN.sub(r"\1", line).split()
-            yield int(values[0], 16), dict(zip(columns, values, strict=False))
-
-
 def expected_register(rule: str, exp_text: str | None):
     """Our decoding of one readelf register column: an offset, SAME_VALUE, UNKNOWN, or
     ("at" | "val", expression text)."""
@@ -434,7 +420,7 @@ def compare_with_readelf(path: str) -> tuple[int, set[str]]:
     table = info.table
     states = readelf_expression_states(path)
     with_expressions, cfa_texts = 0, set()
-    for pc, row in readelf_interp_rows(path):
+    for pc, row in readelf_rows(path, register_names=True):
         cfa_text, rbp_text, ra_text = states[pc]
         kind, cfa, ra, rbp = table.lookup(pc)
         if row.get("ra", "u") == "u":

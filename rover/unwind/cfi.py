@@ -26,6 +26,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from rover.unwind.leb128 import sleb as _sleb
+from rover.unwind.leb128 import uleb as _uleb
+
 # Row kinds: how the CFA of a frame is found.
 CFA_RSP = 0  # CFA = RSP + cfa_offset
 CFA_RBP = 1  # CFA = RBP + cfa_offset
@@ -518,34 +521,6 @@ def _sleb_bytes(value: int) -> bytes:
             out.append(byte)
             return bytes(out)
         out.append(byte | 0x80)
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    byte = data[pos]
-    pos += 1
-    if byte < 0x80:
-        return byte, pos
-    result, shift = byte & 0x7F, 7
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result, shift = 0, 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 _FIXED = {0x02: "<H", 0x03: "<I", 0x04: "<Q", 0x0A: "<h", 0x0B: "<i", 0x0C: "<q"}

@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from rover.unwind.leb128 import sleb, uleb
+
 MAX_STEPS = 64  # operations executed per evaluation (branches can loop)
 MAX_DEPTH = 64  # stack entries
 
@@ -234,20 +236,14 @@ def _register(regs: tuple[int, int | None, int], reg: int) -> int | None:
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result, shift = 0, 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, pos
-        if shift >= 70:  # corrupt bytes could otherwise build a megabyte-long number
-            raise _Invalid
+    value, pos = uleb(data, pos)
+    if value >> 64:
+        raise _Invalid
+    return value, pos
 
 
 def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    value, end = _uleb(data, pos)
-    if data[end - 1] & 0x40:
-        value -= 1 << (7 * (end - pos))
-    return value, end
+    value, pos = sleb(data, pos)
+    if not -(1 << 63) <= value < 1 << 64:
+        raise _Invalid
+    return value, pos

@@ -129,7 +129,7 @@ def _compile_env(workdir: Path) -> dict[str, str]:
 def _is_fresh(binary: Path, workload: Workload) -> bool:
     if not binary.exists():
         return False
-    inputs = (SOURCE_DIR / workload.source, Path(__file__).resolve())
+    inputs = (SOURCE_DIR / workload.source, Path(__file__).resolve(), *SOURCE_DIR.glob("*.h"))
     return binary.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
 
 

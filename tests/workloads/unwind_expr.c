@@ -19,40 +19,19 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "snapshot.h"
+
 #define ALT_STACK_SIZE (64 * 1024)
 
 static const char *out_path;
 static volatile int taken;
 static volatile unsigned long spin_count;
 
-static unsigned long mapping_end(unsigned long sp) {
-    FILE *maps = fopen("/proc/self/maps", "r");
-    char line[512];
-    unsigned long start, end, top = 0;
-    while (maps && fgets(line, sizeof line, maps))
-        if (sscanf(line, "%lx-%lx", &start, &end) == 2 && start <= sp && sp < end)
-            top = end;
-    if (maps)
-        fclose(maps);
-    return top;
-}
-
 /* Only async-signal-unsafe calls after the registers are taken, once, in a test program. */
 __attribute__((noinline)) void expr_write(unsigned long ip, unsigned long sp, unsigned long bp) {
-    size_t size = mapping_end(sp) - sp;
-    unsigned char *copy = malloc(size);
-    memcpy(copy, (void *)sp, size);
-    FILE *out = fopen(out_path, "wb");
-    fprintf(out, "%lx %lx %lx\n", ip, sp, bp);
-    fwrite(copy, 1, size, out);
-    fclose(out);
-    free(copy);
+    write_snapshot(out_path, ip, sp, bp);
     taken = 1;
 }
-
-#define TAKE_REGISTERS(ip, sp, bp)                                                           \
-    __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2"                   \
-                     : "=r"(ip), "=r"(sp), "=r"(bp))
 
 __attribute__((noinline)) void expr_take(void) {
     unsigned long ip, sp, bp;

@@ -10,36 +10,17 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "snapshot.h"
+
 static const char *out_path;
 static int taken;
 
-static unsigned long stack_top(unsigned long sp) {
-    FILE *maps = fopen("/proc/self/maps", "r");
-    char line[512];
-    unsigned long start, end, top = 0;
-    while (maps && fgets(line, sizeof line, maps))
-        if (sscanf(line, "%lx-%lx", &start, &end) == 2 && start <= sp && sp < end)
-            top = end;
-    if (maps)
-        fclose(maps);
-    return top;
-}
-
 __attribute__((noinline)) void snap_take(void) {
     unsigned long ip, sp, bp;
-    __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2"
-                     : "=r"(ip), "=r"(sp), "=r"(bp));
+    TAKE_REGISTERS(ip, sp, bp);
     if (taken++)
         return;
-    unsigned long top = stack_top(sp);
-    size_t size = top - sp;
-    unsigned char *copy = malloc(size);
-    memcpy(copy, (void *)sp, size);
-    FILE *out = fopen(out_path, "wb");
-    fprintf(out, "%lx %lx %lx\n", ip, sp, bp);
-    fwrite(copy, 1, size, out);
-    fclose(out);
-    free(copy);
+    write_snapshot(out_path, ip, sp, bp);
     __asm__ volatile("" ::: "memory");
 }
 
