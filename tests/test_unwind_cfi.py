@@ -168,7 +168,7 @@ def test_stack_copy_ending_mid_frame_is_truncated(workloads, spawn, tmp_path):
 def test_process_that_exited_unwinds_from_cached_maps(workloads, spawn, tmp_path):
     process, ip, sp, bp, stack = take_snapshot(workloads, spawn, tmp_path, "qsort")
     spaces = ProcessSpaces()
-    spaces.prepare(process.pid)  # as the engine does in add_pid
+    spaces.prepare(process.pid, preload_s=0)  # maps only: tables load after the exit
     symbolizer = Symbolizer()
     symbolizer.prepare(process.pid)
     process.stop()
@@ -181,6 +181,19 @@ def test_process_that_exited_unwinds_from_cached_maps(workloads, spawn, tmp_path
     # Never seen before it exited: counted, the leaf alone, no exception.
     unknown = Unwinder(ProcessSpaces()).unwind(process.pid, ip, sp, bp, stack)
     assert unknown.status == Status.NO_MAPS and unknown.addresses == (ip,)
+
+
+def test_adding_a_process_loads_its_tables_within_a_budget(workloads, spawn, tmp_path):
+    process, ip, sp, bp, stack = take_snapshot(workloads, spawn, tmp_path, "qsort")
+    lazy = ProcessSpaces()
+    lazy.prepare(process.pid, preload_s=0)
+    assert lazy.counters["cfi_files_loaded"] == 0
+    eager = ProcessSpaces()
+    eager.prepare(process.pid)  # as the engine does in add_pid
+    loaded = eager.counters["cfi_files_loaded"]
+    assert loaded >= 3  # the program, libc, the dynamic loader (and the vDSO)
+    assert Unwinder(eager).unwind(process.pid, ip, sp, bp, stack).status == Status.COMPLETE
+    assert eager.counters["cfi_files_loaded"] == loaded  # nothing left to load
 
 
 def garble(path: Path, how: str) -> None:

@@ -3,7 +3,7 @@
 The engine unwinds each record when its consumer thread takes it from the ring buffer.
 These tests hold that thread back while a short workload (built without frame pointers)
 runs and exits, then let it go: every sample is then unwound after the process is gone,
-from the mappings read at ``add_pid`` and the files found again on the host by inode.
+from the mappings read (and the tables loaded) at ``add_pid``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def test_on_cpu_samples_unwind_fully_after_the_process_exited(headers, spawn, wo
     assert counter(results, "ringbuf_drops") == 0
     assert total == counter(results, "events")  # every sample counted, after the exit
     assert counter(results, "unwind_no_maps") == 0
-    # The tables were loaded after the exit: chain_c and libc found again by inode.
+    # chain_c's and libc's tables were loaded (at add_pid; a file first needed after the
+    # exit is found again on the host by inode: test_unwind_cfi.py checks that path).
     assert files_loaded >= 2
     stacks = named_stacks(results, symbolizer, pid)
     assert chained(stacks) / total > 0.9, stacks[:3]

@@ -38,6 +38,7 @@ from rover.unwind.tables import (
 log = logging.getLogger(__name__)
 
 _REREAD_INTERVAL = 1.0  # seconds between maps re-reads of one process for unknown addresses
+PRELOAD_BUDGET_S = 1.0  # tables loaded when a process is added, at most this long
 COUNTER_NAMES = (
     "cfi_load_errors",  # files whose CFI could not be loaded (each counted once)
     "cfi_files_loaded",  # files whose CFI was decoded (not served from the cache)
@@ -101,9 +102,22 @@ class ProcessSpaces:
             else None
         )
 
-    def prepare(self, pid: int) -> None:
-        """Read ``pid``'s maps now; raises :class:`ProcessGone` when it does not exist."""
-        self._read(pid)
+    def prepare(self, pid: int, preload_s: float = PRELOAD_BUDGET_S) -> None:
+        """Read ``pid``'s maps now, and load its files' tables for up to ``preload_s``.
+
+        Loading before the first samples arrive means they unwind in microseconds
+        instead of waiting behind a table build while the ring buffer fills (the
+        first unwinds of off-CPU places are what stop the stack copies). Files not
+        loaded within the budget load when first needed. Raises
+        :class:`ProcessGone` when the process does not exist.
+        """
+        space = self._read(pid)
+        deadline = time.monotonic() + preload_s
+        for module in space.modules:
+            if time.monotonic() >= deadline:
+                break
+            if not module.loaded:
+                self._load(pid, module)
 
     def space(self, pid: int) -> ProcessSpace | None:
         """The mappings of ``pid`` (read on first use), or None when they were never readable."""
