@@ -30,6 +30,23 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
         s->h.ip = ip;
         s->h.sp = ctx->regs.sp;
         s->h.bp = ctx->regs.bp;
+        s->h.regs[0] = ctx->regs.ax;
+        s->h.regs[1] = ctx->regs.dx;
+        s->h.regs[2] = ctx->regs.cx;
+        s->h.regs[3] = ctx->regs.bx;
+        s->h.regs[4] = ctx->regs.si;
+        s->h.regs[5] = ctx->regs.di;
+        s->h.regs[6] = ctx->regs.bp;
+        s->h.regs[7] = ctx->regs.sp;
+        s->h.regs[8] = ctx->regs.r8;
+        s->h.regs[9] = ctx->regs.r9;
+        s->h.regs[10] = ctx->regs.r10;
+        s->h.regs[11] = ctx->regs.r11;
+        s->h.regs[12] = ctx->regs.r12;
+        s->h.regs[13] = ctx->regs.r13;
+        s->h.regs[14] = ctx->regs.r14;
+        s->h.regs[15] = ctx->regs.r15;
+        s->h.regs[16] = ip;
     } else if (saved_user_regs(&s->h) != 0) {
         s->h.ip = s->h.sp = s->h.bp = 0;
         s->h.flags |= FLAG_NO_USER_REGS;

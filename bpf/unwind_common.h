@@ -25,6 +25,7 @@
 
 #define PAGE_BYTES 4096
 #define KSTACK_DEPTH 127
+#define USER_REGS 17
 
 enum sample_kind {
     SAMPLE_ON_CPU = 1,     /* a CPU-clock sample */
@@ -50,6 +51,7 @@ struct sample_header {
     u64 memo_id;       /* SWITCH_OUT_REPEAT: the memo whose stack this one has (offcpu_dwarf.c) */
     u32 kstack_bytes;  /* valid bytes of kstack */
     u32 stack_bytes;   /* bytes of user stack following the header */
+    u64 regs[USER_REGS]; /* the user general registers and RIP, by DWARF number */
     u64 kstack[KSTACK_DEPTH];
 };
 
@@ -95,7 +97,9 @@ static __always_inline struct sample *scratch_slot(void)
     return s;
 }
 
-/* The user registers saved on kernel entry (the thread is in the kernel). */
+/* The user registers saved on the last kernel entry: a system call (off-CPU), or the
+ * interrupt that took an on-CPU sample in user mode. In DWARF order (rax, rdx, rcx, rbx,
+ * rsi, rdi, rbp, rsp, r8-r15, rip): a frame's CFA may be at any of them. */
 static __always_inline int saved_user_regs(struct sample_header *h)
 {
     struct task_struct *task = bpf_get_current_task_btf();
@@ -106,6 +110,23 @@ static __always_inline int saved_user_regs(struct sample_header *h)
     h->ip = regs.ip;
     h->sp = regs.sp;
     h->bp = regs.bp;
+    h->regs[0] = regs.ax;
+    h->regs[1] = regs.dx;
+    h->regs[2] = regs.cx;
+    h->regs[3] = regs.bx;
+    h->regs[4] = regs.si;
+    h->regs[5] = regs.di;
+    h->regs[6] = regs.bp;
+    h->regs[7] = regs.sp;
+    h->regs[8] = regs.r8;
+    h->regs[9] = regs.r9;
+    h->regs[10] = regs.r10;
+    h->regs[11] = regs.r11;
+    h->regs[12] = regs.r12;
+    h->regs[13] = regs.r13;
+    h->regs[14] = regs.r14;
+    h->regs[15] = regs.r15;
+    h->regs[16] = regs.ip;
     return 0;
 }
 

@@ -322,3 +322,18 @@ def test_cli_off_cpu_chain_into_libc(spawn, workloads, tmp_path, unwind):
         assert chain_share(into_libc, CHAIN) * sum(n for _, n in into_libc) > 0.9 * sum(
             n for _, n in stacks
         ), stacks[:3]
+
+
+def test_leaf_whose_cfa_is_in_another_register(headers, spawn, workloads):
+    """reg_leaf's CFA is R11 + 8 while it spins: only the sample's own R11 unwinds it."""
+    busy = spawn([workloads.build("regcfa_c")])
+    engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499))
+    try:
+        stacks, results = profile_user(engine, busy.pid, 1.5)
+    finally:
+        engine.close()
+    chain = workloads.call_chain("regcfa_c")
+    leaf_samples = sum(n for frames, n in stacks if frames[-1:] == ["reg_leaf"])
+    assert leaf_samples > 0.8 * sum(n for _, n in stacks), stacks[:3]
+    assert chain_share(stacks, chain) > 0.8, stacks[:3]
+    assert counter(results, "record_errors") == 0

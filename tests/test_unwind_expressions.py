@@ -28,7 +28,6 @@ from rover.unwind.cfi import (
     CFA_PLT,
     CFA_RBP,
     CFA_RSP,
-    CFA_UNSUPPORTED,
     EXPR_RULE,
     MAX_EXPRESSIONS,
     OUTERMOST,
@@ -39,7 +38,7 @@ from rover.unwind.cfi import (
     decode_rows,
 )
 from rover.unwind.cfi_table import CfiTable
-from rover.unwind.dwarf_expr import MAX_STEPS, evaluate
+from rover.unwind.dwarf_expr import MAX_STEPS, Registers, evaluate
 from rover.unwind.markers import (
     SIGALTSTACK,
     SIGALTSTACK_FRAME,
@@ -273,7 +272,8 @@ def test_expressions_decode_into_indexed_rows():
     other = (
         bytes([0x41, 0x14, 6, 2])  # +1: val_offset rbp: CFA - 16
         + bytes([0x41, 0x09, 6, 7])  # +1: rbp held in rsp
-        + bytes([0x41, 0x09, 6, 9])  # +1: rbp held in r9: unknown
+        + bytes([0x41, 0x09, 6, 9])  # +1: rbp held in r9: breg9 0 (a leaf knows r9)
+        + bytes([0x41, 0x09, 6, 17])  # +1: rbp held in xmm0: unknown
         + bytes([0x41, 0x16, 16]) + expression(bytes([0x77, 0x18]))  # +1: ra's value = rsp+24
         + bytes([0x41, 0x10, 16]) + expression(AT_RBP)  # +1: ra saved at [rbp]
     )  # fmt: skip
@@ -286,21 +286,24 @@ def test_expressions_decode_into_indexed_rows():
     cfa_at, rbp_at = exprs.index(DRAP_CFA), exprs.index(AT_RBP)
     val_off = exprs.index(bytes([0x11, 0x70, 0x22]))  # DW_OP_consts -16; DW_OP_plus
     in_rsp = exprs.index(bytes([0x77, 0x00]))
+    in_r9 = exprs.index(bytes([0x79, 0x00]))
+    at_r10 = exprs.index(bytes([0x7A, 0x00]))  # def_cfa r10 0: DW_OP_breg10 0
     ra_val = exprs.index(bytes([0x77, 0x18]))
     assert bytes([0x76, 0x70]) not in exprs
     by_pc = {pc: state for pc, _, state in rows}
     for start in (0x1000, 0x2000):  # the second FDE reuses the first one's expressions
         assert by_pc[start] == (CFA_RSP, 8, -8, SAME_VALUE)
-        assert by_pc[start + 4] == (CFA_UNSUPPORTED, 0, -8, SAME_VALUE)
-        assert by_pc[start + 8] == (CFA_UNSUPPORTED, 0, -8, EXPR_RULE + rbp_at)
+        assert by_pc[start + 4] == (CFA_EXPR, at_r10, -8, SAME_VALUE)
+        assert by_pc[start + 8] == (CFA_EXPR, at_r10, -8, EXPR_RULE + rbp_at)
         assert by_pc[start + 10] == (CFA_EXPR, cfa_at, -8, EXPR_RULE + rbp_at)
         assert start + 20 not in by_pc  # the def_cfa_offset made no new row
         assert by_pc[start + 28] == (CFA_RSP, 8, -8, EXPR_RULE + rbp_at)
     assert by_pc[0x3001] == (CFA_RSP, 8, -8, VAL_EXPR_RULE + val_off)
     assert by_pc[0x3002] == (CFA_RSP, 8, -8, VAL_EXPR_RULE + in_rsp)
-    assert by_pc[0x3003] == (CFA_RSP, 8, -8, UNKNOWN)
-    assert by_pc[0x3004] == (CFA_RSP, 8, VAL_EXPR_RULE + ra_val, UNKNOWN)
-    assert by_pc[0x3005] == (CFA_RSP, 8, EXPR_RULE + rbp_at, UNKNOWN)
+    assert by_pc[0x3003] == (CFA_RSP, 8, -8, VAL_EXPR_RULE + in_r9)
+    assert by_pc[0x3004] == (CFA_RSP, 8, -8, UNKNOWN)
+    assert by_pc[0x3005] == (CFA_RSP, 8, VAL_EXPR_RULE + ra_val, UNKNOWN)
+    assert by_pc[0x3006] == (CFA_RSP, 8, EXPR_RULE + rbp_at, UNKNOWN)
     table = CfiTable.from_rows(rows, ".eh_frame")
     assert table.expressions == exprs
     assert table.lookup(0x2010) == (CFA_EXPR, cfa_at, -8, EXPR_RULE + rbp_at)
@@ -388,7 +391,7 @@ def expected_register(rule: str, exp_text: str | None):
         assert kind == ("val" if rule == "vexp" else "at")
         return kind, code
     held_in = int(rule[1:])  # "r9": held in another register
-    return ("val", f"DW_OP_breg{held_in}: 0") if held_in in (6, 7, 16) else UNKNOWN
+    return ("val", f"DW_OP_breg{held_in}: 0") if held_in <= 16 else UNKNOWN
 
 
 def actual_register(table: CfiTable, rule: int):
@@ -405,7 +408,18 @@ def expected_cfa(cfa: str, exp_text: str | None):
             return CFA_PLT, int(m.group(1))
         return "expr", exp_text
     register, offset = re.match(r"(\w+?)([-+]\d+)$", cfa).groups()
-    return {"rsp": CFA_RSP, "rbp": CFA_RBP}.get(register, CFA_UNSUPPORTED), int(offset)
+    if register in ("rsp", "rbp"):
+        return (CFA_RSP if register == "rsp" else CFA_RBP), int(offset)
+    number = DWARF_REGISTERS.get(register)  # another register: DW_OP_bregN offset
+    return ("expr", f"DW_OP_breg{number}: {int(offset)}") if number is not None else None
+
+
+DWARF_REGISTERS = {
+    name: number
+    for number, name in enumerate(
+        ["rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", *(f"r{i}" for i in range(8, 16))]
+    )
+}
 
 
 def actual_cfa(table: CfiTable, kind: int, cfa: int):
@@ -463,8 +477,8 @@ def test_other_libraries_with_expressions_match_readelf(path):
 
 @pytest.mark.parametrize("path", [LIBCRYPTO, LIBX265])
 def test_real_cfa_expressions_evaluate(path):
-    """Every distinct CFA expression evaluates, except those reading registers the
-    unwinder never has (OpenSSL's DW_OP_breg9)."""
+    """Every distinct CFA expression evaluates; those reading other registers than RSP,
+    RBP and RIP (OpenSSL's DW_OP_breg9, a CFA at RAX) only with the sample's registers."""
     if not Path(path).exists():
         pytest.skip(f"{path} is not installed")
     with open(path, "rb") as stream:
@@ -473,8 +487,13 @@ def test_real_cfa_expressions_evaluate(path):
     assert used
     for index in used:
         code = table.expressions[index]
-        value = evaluate(code, 0x7FFE_0000_1000, 0x7FFE_0000_2000, 0x401000, lambda a: a + 64)
-        assert (value is None) == ("DW_OP_breg9" in text(code)), text(code)
+        regs = (0x7FFE_0000_1000, 0x7FFE_0000_2000, 0x401000)
+        value = evaluate(code, *regs, lambda a: a + 64)
+        others = {int(n) for n in re.findall(r"DW_OP_breg(\d+)", text(code))} - {6, 7, 16}
+        assert (value is None) == bool(others), text(code)
+        leaf = Registers.of({n: 0x7FFE_0000_3000 for n in range(16)})
+        assert evaluate(code, *regs, lambda a: a + 64, None, leaf) is not None, text(code)
+        assert leaf.used == bool(others)
 
 
 # -- unwinding real stacks ----------------------------------------------------------

@@ -14,7 +14,12 @@ import struct
 import pytest
 
 from rover.unwind.memo import MEMO_WORDS, PLACES_PER_THREAD, SwitchMemos
-from rover.unwind.records import SAMPLE_SWITCH_OUT_REPEAT, RecordError, parse_record
+from rover.unwind.records import (
+    SAMPLE_SWITCH_OUT_REPEAT,
+    USER_REGS,
+    RecordError,
+    parse_record,
+)
 from rover.unwind.unwinder import Status, UnwindResult
 
 
@@ -91,8 +96,11 @@ def test_each_place_of_a_thread_has_its_memo_and_the_oldest_goes_first():
 
 
 def test_unwinds_that_cannot_be_checked_are_not_memoized():
+    leaf_registers = result()
+    leaf_registers.other_registers_used = True  # e.g. a leaf whose CFA is RAX + 8
     table = FakeTable()
     memos = SwitchMemos(table)
+    memos.remember(10, 11, 0xAAA, SP, 0, leaf_registers)
     memos.remember(10, 11, 0xAAA, SP, 0, UnwindResult((0xAAA,), Status.NO_MAPS))
     memos.remember(10, 11, 0xAAA, SP, 0, UnwindResult((0xAAA,), Status.NO_STACK))
     too_deep = [(0x7000 + 8 * i, i) for i in range(MEMO_WORDS + 1)]
@@ -161,9 +169,10 @@ def test_unknown_memo_ids_resolve_to_none(memo_id):
 
 
 def _repeat_record(kstack: list[int], declared_bytes: int | None = None) -> bytes:
+    regs = [100 + n for n in range(USER_REGS)]
     header = struct.pack(
-        "<IIIIQQQQQII", SAMPLE_SWITCH_OUT_REPEAT, 10, 11, 0, 0xAAA, SP, 0, 5, 42,
-        8 * len(kstack) if declared_bytes is None else declared_bytes, 0,
+        f"<IIIIQQQQQII{USER_REGS}Q", SAMPLE_SWITCH_OUT_REPEAT, 10, 11, 0, 0xAAA, SP, 0, 5, 42,
+        8 * len(kstack) if declared_bytes is None else declared_bytes, 0, *regs,
     )  # fmt: skip
     return header + struct.pack(f"<{len(kstack)}Q", *kstack)
 
@@ -172,6 +181,8 @@ def test_repeat_records_carry_only_the_used_kernel_stack():
     sample = parse_record(_repeat_record([0xFFFF1, 0xFFFF2]))
     assert (sample.kind, sample.tid, sample.memo_id) == (SAMPLE_SWITCH_OUT_REPEAT, 11, 42)
     assert sample.kernel == (0xFFFF1, 0xFFFF2) and sample.stack == b""
+    assert sample.regs[16] == 116  # rip
+    assert sample.other_registers() == {n: 100 + n for n in range(16) if n not in (6, 7)}
 
 
 def test_short_repeat_records_are_errors_not_crashes():

@@ -10,8 +10,9 @@ Expressions are rare but repeat (one realigning function after another has
 the same two), so each distinct expression's bytes are stored once per file,
 in ``CfiRows.expressions``, and rows refer to them by index: the CFA column of
 a ``CFA_EXPR`` row, and ``EXPR_RULE + i`` / ``VAL_EXPR_RULE + i`` in the
-register columns. ``DW_CFA_val_offset`` and ``DW_CFA_register`` (held in RSP,
-RBP or RIP) become synthesized value expressions; see ``dwarf_expr.py``.
+register columns. ``DW_CFA_val_offset`` and ``DW_CFA_register`` become
+synthesized value expressions, and a CFA at a register other than RSP or RBP
+the expression ``DW_OP_bregN offset``; see ``dwarf_expr.py``.
 
 This is a hand-written decoder rather than pyelftools' ``get_decoded()``:
 pyelftools builds several Python objects per instruction and per row (minutes
@@ -32,7 +33,7 @@ from rover.unwind.leb128 import uleb as _uleb
 # Row kinds: how the CFA of a frame is found.
 CFA_RSP = 0  # CFA = RSP + cfa_offset
 CFA_RBP = 1  # CFA = RBP + cfa_offset
-CFA_UNSUPPORTED = 2  # an expression or another register: not computable from RSP/RBP alone
+CFA_UNSUPPORTED = 2  # not computable (a vector register, or too many expressions)
 NO_CFI = 3  # no FDE covers the address
 SIGNAL_FRAME = 4  # a sigreturn trampoline (CIE augmentation "S"): registers are in a ucontext
 OUTERMOST = 5  # the return address is undefined: the first frame of a thread
@@ -323,9 +324,10 @@ class _Machine:
             state = (kind, self.cfa_expr, self.ra, self.rbp)
         elif self.cfa_reg == _RSP:
             state = (CFA_RSP, self.cfa_off, self.ra, self.rbp)
-        else:
-            kind = CFA_RBP if self.cfa_reg == _RBP else CFA_UNSUPPORTED
-            state = (kind, self.cfa_off, self.ra, self.rbp)
+        elif self.cfa_reg == _RBP:
+            state = (CFA_RBP, self.cfa_off, self.ra, self.rbp)
+        else:  # another register (a leaf's, or hand-written assembly): DW_OP_bregN off
+            state = (*self.register_cfa(), self.ra, self.rbp)
         rows = self.rows
         if rows and rows[-1][0] == self.loc:
             rows[-1] = (self.loc, state)
@@ -370,6 +372,14 @@ class _Machine:
         if self.tracks(reg):
             index = self.intern(expression)
             self.set_rule(reg, UNKNOWN if index is None else base + index)
+
+    def register_cfa(self) -> tuple[int, int]:
+        """(kind, value) of a CFA at another register plus the offset, as an expression:
+        only the sample's own registers know it (see the unwinder)."""
+        if self.cfa_reg > _RA:
+            return CFA_UNSUPPORTED, 0
+        index = self.intern(bytes((0x70 + self.cfa_reg, *_sleb_bytes(self.cfa_off))))
+        return (CFA_UNSUPPORTED, 0) if index is None else (CFA_EXPR, index)
 
     def set_cfa_expression(self, expression: bytes) -> None:
         kind, value = _cfa_expression(expression)
@@ -446,10 +456,10 @@ class _Machine:
             elif op == 0x08:  # same_value
                 reg, pos = _uleb(code, pos)
                 self.set_rule(reg, SAME_VALUE)
-            elif op == 0x09:  # register: held in another; computable for RSP, RBP and RIP
+            elif op == 0x09:  # register: held in another general register (or RIP)
                 reg, pos = _uleb(code, pos)
                 held_in, pos = _uleb(code, pos)
-                if held_in in (_RSP, _RBP, _RA):  # as the value expression DW_OP_bregN 0
+                if held_in <= _RA:  # as the value expression DW_OP_bregN 0
                     self.set_expression_rule(reg, VAL_EXPR_RULE, bytes((0x70 + held_in, 0)))
                 else:
                     self.set_rule(reg, UNKNOWN)

@@ -6,7 +6,10 @@ register was saved at (``DW_CFA_expression``) or a register's value
 realignment (``DW_OP_breg6 -8; DW_OP_deref``), OpenSSL-style saved stack
 pointers (``DW_OP_breg7 N; DW_OP_deref; DW_OP_plus_uconst 8``), the PLT
 expression, and aligned save slots (``DW_OP_lit8; DW_OP_minus; DW_OP_const4s
--32; DW_OP_and; ...``). Only RSP, RBP and RIP are known to the unwinder.
+-32; DW_OP_and; ...``), and a CFA at a register (``DW_OP_breg0 8`` for
+``rax+8`` in OpenSSL's assembly). RSP, RBP and RIP are known in every frame;
+the other general registers only in the frame whose registers were captured
+(the sample's leaf, or the one a signal interrupted): :class:`Registers`.
 
 The bytes come from files we do not trust: every failure (an unknown opcode
 or register, a stack underflow or overflow, a branch out of the expression,
@@ -18,7 +21,7 @@ the unwinder sees (and records) every word an expression reads.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rover.unwind.leb128 import sleb, uleb
 
@@ -96,6 +99,32 @@ _BINARY_OPS = frozenset((0x1A, 0x1B, 0x1C, 0x1D, 0x1E, 0x21, 0x22, 0x24, 0x25, 0
 _BINARY_OPS |= frozenset(range(0x29, 0x2F))
 
 
+class Registers:
+    """A frame's other general registers (DWARF numbers 0-5, 8-15), noting their use.
+
+    An unwind that used one depends on more than RSP, RBP and the stack words it
+    read, so it must not be memoized (``rover.unwind.memo``).
+    """
+
+    __slots__ = ("_value_of", "used")
+
+    def __init__(self, value_of: Callable[[int], int | None]) -> None:
+        self._value_of = value_of  # e.g. a read of the signal context: only when needed
+        self.used = False
+
+    @classmethod
+    def of(cls, values: Mapping[int, int]) -> Registers:
+        return cls(values.get)
+
+    def get(self, reg: int) -> int | None:
+        if reg > 15 or reg in (6, 7):  # not a general register, or RSP/RBP (known anyway)
+            return None
+        value = self._value_of(reg)
+        if value is not None:
+            self.used = True
+        return value
+
+
 def evaluate(
     expression: bytes,
     rsp: int,
@@ -103,22 +132,24 @@ def evaluate(
     rip: int,
     read: Callable[[int], int | None],
     initial: int | None = None,
+    others: Registers | None = None,
 ) -> int | None:
     """The value ``expression`` leaves on top of its stack, or None if it fails.
 
-    ``rsp``, ``rbp`` (None: not known) and ``rip`` are the frame's registers;
-    ``read(address)`` returns the 8-byte word there or None. ``initial`` is
-    pushed first (the CFA, for register rules: DWARF 5 section 6.4.2).
+    ``rsp``, ``rbp`` (None: not known) and ``rip`` are the frame's registers, and
+    ``others`` the rest when they are known; ``read(address)`` returns the 8-byte
+    word there or None. ``initial`` is pushed first (the CFA, for register rules:
+    DWARF 5 section 6.4.2).
     """
     try:
-        return _run(expression, (rsp, rbp, rip), read, initial)
+        return _run(expression, (rsp, rbp, rip, others), read, initial)
     except (IndexError, struct.error, _Invalid):  # an operand runs past the end, or is huge
         return None
 
 
 def _run(
     code: bytes,
-    regs: tuple[int, int | None, int],
+    regs: tuple[int, int | None, int, Registers | None],
     read: Callable[[int], int | None],
     initial: int | None,
 ) -> int | None:
@@ -225,14 +256,15 @@ def _stack_op(op: int, stack: list[int]) -> bool:
     return True
 
 
-def _register(regs: tuple[int, int | None, int], reg: int) -> int | None:
+def _register(regs: tuple[int, int | None, int, Registers | None], reg: int) -> int | None:
     if reg == _RSP:
         return regs[0]
     if reg == _RBP:
         return regs[1]
     if reg == _RIP:
         return regs[2]
-    return None
+    others = regs[3]
+    return None if others is None else others.get(reg)
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:

@@ -63,8 +63,8 @@ class SwitchMemos:
         self, tgid: int, tid: int, ip: int, sp: int, bp: int, result: UnwindResult
     ) -> None:
         """Install a memo for ``tid`` at (``ip``, ``sp``) from the unwind of its full sample."""
-        if result.status in _NOT_MEMOIZED:
-            return
+        if result.status in _NOT_MEMOIZED or result.other_registers_used:
+            return  # the program checks RIP, RSP, RBP and stack words, not other registers
         words = dict(result.reads)  # an address read twice holds one value
         if len(words) > MEMO_WORDS:
             self.too_deep += 1

@@ -18,7 +18,8 @@ FLAG_STACK_FAILED = 1
 FLAG_NO_USER_REGS = 2
 
 KSTACK_DEPTH = 127
-_HEADER = struct.Struct("<IIIIQQQQQII")
+USER_REGS = 17  # rax rdx rcx rbx rsi rdi rbp rsp r8-r15 rip: DWARF register numbers
+_HEADER = struct.Struct(f"<IIIIQQQQQII{USER_REGS}Q")
 HEADER_BYTES = _HEADER.size + 8 * KSTACK_DEPTH
 _SWITCH_IN = struct.Struct("<IIIIQQ")
 _KIND = struct.Struct("<I")
@@ -43,6 +44,11 @@ class Sample:
     memo_id: int
     kernel: tuple[int, ...]  # leaf first
     stack: bytes  # the user stack from ``sp`` upward (empty in a repeat)
+    regs: tuple[int, ...] = ()  # all USER_REGS registers, by DWARF number
+
+    def other_registers(self) -> dict[int, int]:
+        """The general registers besides RSP and RBP, by DWARF number (for the leaf)."""
+        return {n: v for n, v in enumerate(self.regs[:16]) if n not in (6, 7)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +70,9 @@ def parse_record(data: bytes) -> Sample | SwitchIn:
         return SwitchIn(tgid, tid, seq, ns)
     if len(data) < _HEADER.size:
         raise RecordError(f"sample record of {len(data)} bytes")
-    kind, tgid, tid, flags, ip, sp, bp, seq, memo_id, kstack_bytes, stack_bytes = (
-        _HEADER.unpack_from(data)
-    )
+    fields = _HEADER.unpack_from(data)
+    kind, tgid, tid, flags, ip, sp, bp, seq, memo_id, kstack_bytes, stack_bytes = fields[:11]
+    regs = fields[11:]
     depth = min(kstack_bytes // 8, KSTACK_DEPTH)
     # A repeat carries only the used part of kstack; the others the whole header.
     needed = _HEADER.size + 8 * depth if kind == SAMPLE_SWITCH_OUT_REPEAT else HEADER_BYTES
@@ -76,4 +82,4 @@ def parse_record(data: bytes) -> Sample | SwitchIn:
     stack = b""
     if kind != SAMPLE_SWITCH_OUT_REPEAT:
         stack = data[HEADER_BYTES : HEADER_BYTES + stack_bytes]
-    return Sample(kind, tgid, tid, flags, ip, sp, bp, seq, memo_id, kernel, stack)
+    return Sample(kind, tgid, tid, flags, ip, sp, bp, seq, memo_id, kernel, stack, regs)

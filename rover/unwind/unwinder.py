@@ -22,8 +22,9 @@ copied. Such stacks end with that pc and a ``[sigaltstack]`` frame.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from rover.unwind.cfi import (
@@ -39,7 +40,7 @@ from rover.unwind.cfi import (
     VAL_EXPR_RULE,
 )
 from rover.unwind.cfi_table import CfiTable
-from rover.unwind.dwarf_expr import evaluate
+from rover.unwind.dwarf_expr import Registers, evaluate
 from rover.unwind.markers import SIGALTSTACK, TRUNCATED
 from rover.unwind.process_space import ProcessSpace, ProcessSpaces
 
@@ -49,6 +50,10 @@ MAX_FRAMES = 127
 # __restore_rt (the handler's CFA): struct ucontext (uc_flags, uc_link, uc_stack: 40 bytes)
 # then struct sigcontext (r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip).
 _UC_RBP, _UC_RSP, _UC_RIP = 40 + 10 * 8, 40 + 15 * 8, 40 + 16 * 8
+# The other general registers there, by DWARF number (rax=0 rdx rcx rbx rsi rdi, r8..r15).
+_UC_OTHERS = {8 + i: 40 + i * 8 for i in range(8)}
+_UC_OTHERS.update({5: 40 + 8 * 8, 4: 40 + 9 * 8, 3: 40 + 11 * 8, 1: 40 + 12 * 8,
+                   0: 40 + 13 * 8, 2: 40 + 14 * 8})  # fmt: skip
 # uc_stack (ss_sp, ss_flags, ss_size): the kernel saves the thread's sigaltstack there.
 _UC_SS_SP, _UC_SS_SIZE = 16, 32
 _OFFSET_KINDS = (CFA_RSP, CFA_RBP, CFA_PLT)
@@ -85,6 +90,9 @@ class UnwindResult:
     # Whether the frames depend on the RBP register given (they do not in code without
     # frame pointers, where RBP is just another register); True when unsure.
     bp_used: bool = True
+    # Whether they depend on another register of the sample (a leaf whose CFA is, say,
+    # RAX + 8); a signal context's registers are stack words, in ``reads``.
+    other_registers_used: bool = False
 
 
 class Unwinder:
@@ -103,7 +111,13 @@ class Unwinder:
         stack: bytes,
         stack_copied: bool = True,
         record_reads: bool = False,
+        others: Mapping[int, int] | None = None,
     ) -> UnwindResult:
+        """Unwind from ``ip``/``sp``/``bp`` and the stack copied from ``sp`` up.
+
+        ``others``: the leaf's other general registers by DWARF number, when captured
+        (a CFA at one of them is then computable in the leaf frame).
+        """
         if not ip:
             return UnwindResult((), Status.NO_STACK)
         if not stack_copied:
@@ -111,7 +125,8 @@ class Unwinder:
         space = self.spaces.space(pid)
         if space is None:
             return UnwindResult((ip,), Status.NO_MAPS)
-        return self._walk(pid, space, ip, sp, bp, stack, record_reads)
+        leaf = Registers.of(others) if others else None
+        return self._walk(pid, space, ip, sp, bp, stack, record_reads, leaf)
 
     def _walk(
         self,
@@ -122,8 +137,10 @@ class Unwinder:
         bp: int | None,
         stack: bytes,
         record_reads: bool,
+        others: Registers | None,
     ) -> UnwindResult:
         base, top = sp, sp + len(stack)
+        leaf = others  # the sample's own registers (a signal context's are stack words)
         unpack = _U64.unpack_from
         out = [ip]
         pc, exact = ip, True
@@ -173,6 +190,7 @@ class Unwinder:
                 if altstack:  # the interrupted pc is known, its stack was not copied
                     status = Status.SIGALTSTACK
                     break
+                others = Registers(functools.partial(_from_ucontext, read, sp))
                 pc, exact, sp, bp = rip, True, rsp, rbp
                 bp_given = False
                 continue
@@ -204,7 +222,9 @@ class Unwinder:
                 step = None
                 if kind in _RULE_KINDS:  # a rule with an expression
                     rules = (kind, cfa_offset, ra_offset, rbp_offset)
-                    step = _expression_step(module.table, rules, pc, sp, bp, read, past_window)
+                    step = _expression_step(
+                        module.table, rules, pc, sp, bp, read, past_window, others
+                    )
                     if isinstance(step, str):
                         status = step
                         break
@@ -235,11 +255,21 @@ class Unwinder:
             out.append(ra)
             bp_given = bp_given and caller_bp is bp
             pc, exact, sp, bp = ra, False, new_sp, caller_bp
+            others = None  # a caller's other registers are not known
         if status == Status.TRUNCATED:
             out.append(TRUNCATED)
         elif status == Status.SIGALTSTACK:
             out.append(SIGALTSTACK)
-        return UnwindResult(tuple(out), status, fp_frames, signal_frames, tuple(reads), bp_used)
+        return UnwindResult(
+            tuple(out), status, fp_frames, signal_frames, tuple(reads), bp_used,
+            leaf is not None and leaf.used,
+        )  # fmt: skip
+
+
+def _from_ucontext(read: Read, sp: int, reg: int) -> int | None:
+    """Register ``reg`` of the code a signal interrupted (``sp``: the handler's CFA)."""
+    offset = _UC_OTHERS.get(reg)
+    return None if offset is None else read(sp + offset)
 
 
 def _left_altstack(read: Read, sp: int, rsp: int) -> bool:
@@ -259,6 +289,7 @@ def _expression_step(
     bp: int | None,
     read: Read,
     past_window: Callable[[int], bool],
+    others: Registers | None,
 ) -> tuple[int, int, int | None] | str | None:
     """One frame whose rules include an expression: ``(return address, caller's sp,
     caller's bp)``, a status when a read failed, or None when the rules cannot be
@@ -280,7 +311,7 @@ def _expression_step(
     expressions = table.expressions if table is not None else ()
     if kind == CFA_EXPR:
         expression = _expression(expressions, cfa_offset)
-        cfa = None if expression is None else evaluate(expression, sp, bp, pc, deref)
+        cfa = None if expression is None else evaluate(expression, sp, bp, pc, deref, None, others)
     elif kind == CFA_RSP:
         cfa = sp + cfa_offset
     elif kind == CFA_RBP:
@@ -291,11 +322,11 @@ def _expression_step(
         cfa = sp + 8 + (8 if (pc & 15) >= cfa_offset else 0)
     if cfa is None:
         return read_failure()
-    caller_bp = _register(expressions, rbp_rule, cfa, pc, sp, bp, deref, bp)
+    caller_bp = _register(expressions, rbp_rule, cfa, pc, sp, bp, deref, bp, others)
     if caller_bp is None and failed and past_window(failed[-1]):
         return Status.TRUNCATED
     failed.clear()  # a saved RBP that cannot be read is only unknown
-    ra = _register(expressions, ra_rule, cfa, pc, sp, bp, deref, None)
+    ra = _register(expressions, ra_rule, cfa, pc, sp, bp, deref, None, others)
     if ra is None:
         return read_failure()
     return ra, cfa, caller_bp
@@ -310,6 +341,7 @@ def _register(
     bp: int | None,
     read: Read,
     same: int | None,
+    others: Registers | None,
 ) -> int | None:
     """The caller's value of a register under ``rule`` (``same``: its value now)."""
     if rule < SAME_VALUE:
@@ -320,10 +352,12 @@ def _register(
         expression = _expression(expressions, rule - VAL_EXPR_RULE)
         if expression is None:
             return None
-        return evaluate(expression, sp, bp, pc, read, initial=cfa)
+        return evaluate(expression, sp, bp, pc, read, cfa, others)
     if rule >= EXPR_RULE:
         expression = _expression(expressions, rule - EXPR_RULE)
-        address = None if expression is None else evaluate(expression, sp, bp, pc, read, cfa)
+        if expression is None:
+            return None
+        address = evaluate(expression, sp, bp, pc, read, cfa, others)
         return None if address is None else read(address)
     return None  # UNKNOWN
 

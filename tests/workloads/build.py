@@ -43,6 +43,7 @@ CALL_CHAIN: dict[str, list[str]] = {
     "block_c": ["main", "block_loop", "block_sleep"],
     "chain_c": ["main", "chain_a", "chain_b"],
     "repeat_c": ["main", "left_a", "left_b", "wait_leaf"],  # and right_a, right_b
+    "regcfa_c": ["main", "reg_outer", "reg_leaf"],
     "unwind_snapshot": ["main", "snap_a", "snap_b"],
     "unwind_cpp": ["main", "cxx_outer()", "cxx_work()"],
 }
@@ -72,6 +73,7 @@ WORKLOADS: dict[str, Workload] = {
     "chain_c": Workload("chain_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "unwind_snapshot": Workload("unwind_snapshot.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "repeat_c": Workload("repeat_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
+    "regcfa_c": Workload("regcfa_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "unwind_cpp": Workload("unwind_cpp.cpp", "g++", ("-O2", "-fomit-frame-pointer")),
 }
 
