@@ -190,8 +190,13 @@ def build_pingpong(directory: Path) -> Path:
 def run_pingpong(exe: Path, seconds: float, engine=None) -> tuple[int, dict[str, int]]:
     """Round trips, and the engine's counters over the run (drained every second)."""
     # Both threads on one CPU: every pass is a context switch, and the rate is steady.
-    command = ["taskset", "-c", "0", str(exe), str(seconds)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # (Set before the exec, so the profiled pid is pingpong from the start.)
+    process = subprocess.Popen(
+        [str(exe), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )
     counters: dict[str, int] = {}
     if engine is not None:
         engine.add_pid(process.pid)
