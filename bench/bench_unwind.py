@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from rover.symbols.elf_file import ElfImage  # noqa: E402
 from rover.unwind.process_space import ProcessSpaces  # noqa: E402
-from rover.unwind.tables import load_unwind_info, read_sections  # noqa: E402
+from rover.unwind.tables import load_unwind_info  # noqa: E402
 from rover.unwind.unwinder import Unwinder  # noqa: E402
 
 LIBRARIES = {
@@ -77,7 +78,7 @@ def bench_tables(repeat: int) -> None:
         ours, table = median_time(lambda p=path: build_table(p), repeat)
         theirs, _ = median_time(lambda p=path: readelf(p), repeat)
         with open(path, "rb") as stream:
-            size = {s.name: s.size for s in read_sections(stream)}[".eh_frame"]
+            size = ElfImage(stream).section(".eh_frame").size
         print(
             f"| {name} | {size / 1e6:.2f} MB | {len(table):,} | {table.nbytes / 1e6:.1f} MB "
             f"| {ours * 1000:.0f} ms | {theirs * 1000:.0f} ms |"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rover.symbols import Symbolizer
+from rover.symbols.elf_file import ElfImage
 from rover.symbols.maps import parse_maps
 from rover.unwind.cfi import (
     CFA_EXPR,
@@ -32,7 +33,7 @@ from rover.unwind.cfi import (
 )
 from rover.unwind.markers import TRUNCATED
 from rover.unwind.process_space import ProcessSpace, ProcessSpaces, UnwindModule
-from rover.unwind.tables import load_unwind_info, read_sections
+from rover.unwind.tables import load_unwind_info
 from rover.unwind.unwinder import Status, Unwinder
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
@@ -211,7 +212,7 @@ def test_adding_a_process_loads_its_tables_within_a_budget(workloads, spawn, tmp
 
 def garble(path: Path, how: str) -> None:
     with open(path, "rb") as stream:
-        section = {s.name: s for s in read_sections(stream)}[".eh_frame"]
+        section = ElfImage(stream).section(".eh_frame")
     data = bytearray(path.read_bytes())
     start, end = section.offset, section.offset + section.size
     if how == "garbage":

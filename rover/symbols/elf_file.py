@@ -37,7 +37,7 @@ class LoadSegment:
 
 @dataclass(frozen=True, slots=True)
 class SectionHeader:
-    """The parts of a section header the symbol loader uses."""
+    """The parts of a section header the symbol and unwind-table loaders use."""
 
     index: int
     name: str  # e.g. ".gnu_debuglink"; "" when the name table is unreadable
@@ -47,6 +47,7 @@ class SectionHeader:
     size: int
     link: int
     entsize: int
+    flags: int  # SHF_* (SHF_COMPRESSED: the contents start with a compression header)
 
 
 class ElfImage:
@@ -64,6 +65,7 @@ class ElfImage:
             self.elf_class: int = elf.elfclass
             self.little_endian: bool = elf.little_endian
             self.is_exec = elf["e_type"] == "ET_EXEC"
+            self.entry: int = elf["e_entry"]
             self.segments = tuple(_load_segments(elf))
             self.sections = tuple(self._named_sections(elf))
             self.build_id = self._find_build_id()
@@ -175,6 +177,7 @@ def _section_header(index: int, h: Any, names: bytes) -> SectionHeader:
         h["sh_size"],
         h["sh_link"],
         h["sh_entsize"],
+        h["sh_flags"],
     )
 
 

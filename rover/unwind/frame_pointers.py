@@ -22,13 +22,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from elftools.elf.elffile import ELFFile
-
 from rover.hostfs import HostFS
 from rover.symbols.elf_file import ElfImage
 from rover.symbols.mapped_files import locate_mapped_file
 from rover.symbols.maps import MappingKind, parse_maps
-from rover.unwind.tables import read_sections
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +75,11 @@ def choose_unwind(hostfs: HostFS, pid: int) -> UnwindChoice:
 def file_keeps_frame_pointers(stream: BinaryIO) -> FilePointers:
     try:
         image = ElfImage(stream)
-        sections = {s.name: s for s in read_sections(stream)}
-        entry = ELFFile(stream)["e_entry"]
     except Exception as exc:  # noqa: BLE001 - untrusted input
         return FilePointers(None, f"not a readable ELF file ({exc!r})")
-    if any(name in sections for name in _GO_SECTIONS):
+    if any(image.section(name) for name in _GO_SECTIONS):
         return FilePointers(True, "Go binary (frame pointers by ABI)")
-    header = sections.get(".eh_frame_hdr")
+    header = image.section(".eh_frame_hdr")
     if header is None:
         return FilePointers(None, "no .eh_frame_hdr to find functions")
     try:
@@ -92,9 +87,9 @@ def file_keeps_frame_pointers(stream: BinaryIO) -> FilePointers:
     except (ValueError, struct.error, Exception) as exc:  # noqa: BLE001
         return FilePointers(None, f"unreadable .eh_frame_hdr ({exc})")
     # Only compiled functions: not PLT stubs, nor _start (hand-written, at e_entry).
-    text = sections.get(".text")
+    text = image.section(".text")
     if text is not None:
-        starts = [a for a in starts if text.addr <= a < text.addr + text.size and a != entry]
+        starts = [a for a in starts if text.addr <= a < text.addr + text.size and a != image.entry]
     if not starts:
         return FilePointers(None, "no functions in .eh_frame_hdr")
     step = max(1, len(starts) // _SAMPLE)

@@ -25,13 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import itemgetter
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
-from elftools.elf.elffile import ELFFile
 
 from rover.symbols.cache import FileIdentity, PerFileCache
-from rover.symbols.elf_file import ElfImage, ElfLoadError
+from rover.symbols.elf_file import ElfImage, ElfLoadError, SectionHeader
 from rover.unwind.cfi import (
     CFA_EXPR,
     EXPR_RULE,
@@ -70,15 +69,6 @@ class FileUnwindInfo:
     complete: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
-    name: str
-    addr: int
-    offset: int
-    size: int
-    flags: int
-
-
 def load_unwind_info(
     stream: BinaryIO, image: ElfImage | None = None, find_debug: FindDebugFrame | None = None
 ) -> FileUnwindInfo:
@@ -90,18 +80,18 @@ def load_unwind_info(
     gets an empty table; malformed CFI keeps the entries decoded before it.
     """
     image = image or ElfImage(stream)
-    sections = _sections_by_name(stream)
     errors: list[str] = []
     parts: list[tuple[str, Rows]] = [
-        (EH_FRAME, _own_rows(image, sections.get(EH_FRAME), True, errors))
+        (EH_FRAME, _own_rows(image, image.section(EH_FRAME), True, errors))
     ]
+    own_debug_frame = image.section(DEBUG_FRAME)
     try:  # a damaged .debug_frame must not cost the .eh_frame rules
-        own = _checked(_own_rows(image, sections.get(DEBUG_FRAME), False, errors))
+        own = _checked(_own_rows(image, own_debug_frame, False, errors))
         parts.append((DEBUG_FRAME, own))
     except ElfLoadError as exc:
         errors.append(f"{DEBUG_FRAME}: {exc}")
     complete = True
-    if DEBUG_FRAME not in sections and find_debug is not None:
+    if own_debug_frame is None and find_debug is not None:
         debug_rows = find_debug(image)  # already checked by read_debug_frame
         complete = debug_rows is not None
         parts.append((DEBUG_FILE_FRAME, debug_rows or []))
@@ -115,7 +105,7 @@ def read_debug_frame(debug: ElfImage, stream: BinaryIO) -> Rows:
     Stricter than for a file's own CFI: any malformed entry raises
     :class:`ElfLoadError`, so a damaged debug file adds nothing at all.
     """
-    section = _sections_by_name(stream).get(DEBUG_FRAME)
+    section = debug.section(DEBUG_FRAME)
     if section is None or section.size == 0:
         return []
     errors: list[str] = []
@@ -125,14 +115,7 @@ def read_debug_frame(debug: ElfImage, stream: BinaryIO) -> Rows:
     return _checked(rows)
 
 
-def _sections_by_name(stream: BinaryIO) -> dict[str, Section]:
-    try:
-        return {s.name: s for s in read_sections(stream)}
-    except Exception as exc:  # pyelftools raises many types on corrupt headers
-        raise ElfLoadError(f"unreadable section headers: {exc!r}") from exc
-
-
-def _own_rows(image: ElfImage, section: Section | None, is_eh_frame: bool, errors: list[str]):
+def _own_rows(image: ElfImage, section: SectionHeader | None, is_eh_frame: bool, errors: list[str]):
     if section is None or section.size == 0:
         return []
     return decode_rows(_section_bytes(image, section), section.addr, is_eh_frame, errors)
@@ -235,27 +218,7 @@ def _states_at(table: CfiTable, pcs: np.ndarray) -> np.ndarray:
     return states
 
 
-def read_sections(stream: BinaryIO) -> list[Section]:
-    """Named section headers with contents (not SHT_NOBITS), from the raw headers."""
-    elf = ELFFile(stream)
-    raw: list[Any] = [elf._get_section_header(i) for i in range(elf.num_sections())]
-    index = elf["e_shstrndx"]
-    if not 0 < index < len(raw):
-        return []
-    stream.seek(raw[index]["sh_offset"])
-    names = stream.read(min(raw[index]["sh_size"], 1 << 20))
-    out = []
-    for h in raw:
-        if h["sh_type"] == "SHT_NOBITS":
-            continue
-        start = h["sh_name"]
-        end = names.find(b"\0", start)
-        name = names[start:end].decode("ascii", "replace") if 0 <= start < end else ""
-        out.append(Section(name, h["sh_addr"], h["sh_offset"], h["sh_size"], h["sh_flags"]))
-    return out
-
-
-def _section_bytes(image: ElfImage, section: Section) -> bytes:
+def _section_bytes(image: ElfImage, section: SectionHeader) -> bytes:
     if section.size > _MAX_CFI_BYTES:
         raise ElfLoadError(f"{section.name} is {section.size} bytes")
     data = image.read(section.offset, section.size)
