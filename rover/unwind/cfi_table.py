@@ -77,17 +77,27 @@ class CfiTable:
         order = np.lexsort((priority, all_pcs))
         all_pcs, all_states = all_pcs[order], all_states[order]
         last_of_pc = np.append(all_pcs[1:] != all_pcs[:-1], True)
-        all_pcs, all_states = all_pcs[last_of_pc], all_states[last_of_pc]
-        changed = np.append(True, np.any(all_states[1:] != all_states[:-1], axis=1))
-        all_pcs, all_states = all_pcs[changed], all_states[changed]
+        return cls.from_states(
+            all_pcs[last_of_pc], all_states[last_of_pc], source, tuple(expressions)
+        )
+
+    @classmethod
+    def from_states(
+        cls, pcs: np.ndarray, states: np.ndarray, source: str, expressions: tuple[bytes, ...]
+    ) -> CfiTable:
+        """From sorted, distinct ``pcs`` and their (n, 4) ``states`` (kind, cfa, ra, rbp);
+        a row equal to the one before it is dropped (it changes nothing)."""
+        changed = np.ones(len(pcs), dtype=bool)
+        changed[1:] = np.any(states[1:] != states[:-1], axis=1)
+        pcs, states = pcs[changed], states[changed]
         return cls(
-            all_pcs.astype(np.uint64),
-            all_states[:, 0].astype(np.uint8),
-            all_states[:, 1].astype(np.int32),
-            all_states[:, 2].astype(np.int32),
-            all_states[:, 3].astype(np.int32),
+            pcs.astype(np.uint64),
+            states[:, 0].astype(np.uint8),
+            states[:, 1].astype(np.int32),
+            states[:, 2].astype(np.int32),
+            states[:, 3].astype(np.int32),
             source,
-            tuple(expressions),
+            expressions,
         )
 
     @classmethod
@@ -102,6 +112,19 @@ class CfiTable:
     def nbytes(self) -> int:
         arrays = (self.pcs, self.kinds, self.cfa_offsets, self.ra_offsets, self.rbp_offsets)
         return sum(a.nbytes for a in arrays) + sum(len(e) for e in self.expressions)
+
+    def rules_at(self, pcs: np.ndarray) -> np.ndarray:
+        """The rule in effect at each of ``pcs``, as an (n, 4) int64 array (:meth:`lookup`
+        for many addresses at once)."""
+        states = np.tile(np.array(NO_RULE, dtype=np.int64), (len(pcs), 1))
+        index = np.searchsorted(self.pcs, pcs, side="right") - 1
+        covered = index >= 0
+        rows = index[covered]
+        for column, values in enumerate(
+            (self.kinds, self.cfa_offsets, self.ra_offsets, self.rbp_offsets)
+        ):
+            states[covered, column] = values[rows]
+        return states
 
     def lookup(self, pc: int) -> Rule:
         """The rule in effect at ``pc`` (a file address)."""

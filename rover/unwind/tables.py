@@ -39,7 +39,7 @@ from rover.unwind.cfi import (
     VAL_EXPR_RULE,
     decode_rows,
 )
-from rover.unwind.cfi_table import NO_RULE, CfiTable
+from rover.unwind.cfi_table import CfiTable
 
 log = logging.getLogger(__name__)
 
@@ -176,21 +176,10 @@ def _in_gaps(table: CfiTable, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
 def _overlay(base: CfiTable, extra: CfiTable, source: str) -> CfiTable:
     """``base``'s rules where it has CFI, ``extra``'s in its gaps."""
     pcs = np.union1d(base.pcs, extra.pcs)
-    ours = _states_at(base, pcs)
-    theirs = _shift_expressions(_states_at(extra, pcs), len(base.expressions))
+    ours = base.rules_at(pcs)
+    theirs = _shift_expressions(extra.rules_at(pcs), len(base.expressions))
     states = np.where((ours[:, 0] != NO_CFI)[:, None], ours, theirs)
-    changed = np.ones(len(pcs), dtype=bool)
-    changed[1:] = np.any(states[1:] != states[:-1], axis=1)
-    pcs, states = pcs[changed], states[changed]
-    return CfiTable(
-        pcs,
-        states[:, 0].astype(np.uint8),
-        states[:, 1].astype(np.int32),
-        states[:, 2].astype(np.int32),
-        states[:, 3].astype(np.int32),
-        source,
-        base.expressions + extra.expressions,
-    )
+    return CfiTable.from_states(pcs, states, source, base.expressions + extra.expressions)
 
 
 def _shift_expressions(states: np.ndarray, shift: int) -> np.ndarray:
@@ -202,19 +191,6 @@ def _shift_expressions(states: np.ndarray, shift: int) -> np.ndarray:
             values = states[:, column]
             for base in (EXPR_RULE, VAL_EXPR_RULE):
                 values[(values >= base) & (values < base + MAX_EXPRESSIONS)] += shift
-    return states
-
-
-def _states_at(table: CfiTable, pcs: np.ndarray) -> np.ndarray:
-    """The (kind, cfa, ra, rbp) rule of ``table`` at each of ``pcs``, as an (n, 4) array."""
-    states = np.tile(np.array(NO_RULE, dtype=np.int64), (len(pcs), 1))
-    index = np.searchsorted(table.pcs, pcs, side="right") - 1
-    covered = index >= 0
-    rows = index[covered]
-    for column, values in enumerate(
-        (table.kinds, table.cfa_offsets, table.ra_offsets, table.rbp_offsets)
-    ):
-        states[covered, column] = values[rows]
     return states
 
 
