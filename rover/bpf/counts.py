@@ -1,4 +1,4 @@
-"""Draining in-kernel counts exactly, and resolving stack ids.
+"""Draining in-kernel counts exactly, resolving stack ids, and off-CPU bookkeeping.
 
 Every counting program keeps its counts in two inner hash maps (``counts_a``,
 ``counts_b``) behind the one-slot ARRAY_OF_MAPS ``active_counts`` (see
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +99,17 @@ def _take_all(table) -> list:
         items = list(table.items())
         table.clear()
         return items
+
+
+def thread_alive(tgid: int, tid: int) -> bool:
+    return os.path.exists(f"/proc/{tgid}/task/{tid}")
+
+
+def forget_exited_switch_outs(start) -> int:
+    """Delete the switch-out records (the off-CPU programs' "start" map, by thread id) of
+    threads that exited while switched out: they never come back to be counted."""
+    gone = [k for k, rec in start.items() if not thread_alive(rec.tgid, k.value)]
+    for k in gone:
+        with contextlib.suppress(KeyError):
+            del start[k]
+    return len(gone)

@@ -11,11 +11,10 @@ import contextlib
 import ctypes as ct
 import errno
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 
-from rover.bpf.counts import DoubleBufferedCounts, StackTraces
+from rover.bpf.counts import DoubleBufferedCounts, StackTraces, forget_exited_switch_outs
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
 from rover.profile import ProfileType
@@ -191,16 +190,7 @@ class ProfilerEngine:
         if self.type is not ProfileType.OFF_CPU:
             return 0
         with self._lock:
-            start = self._bpf[b"start"]
-            gone = [
-                k
-                for k, rec in start.items()
-                if not os.path.exists(f"/proc/{rec.tgid}/task/{k.value}")
-            ]
-            for k in gone:
-                with contextlib.suppress(KeyError):
-                    del start[k]
-            return len(gone)
+            return forget_exited_switch_outs(self._bpf[b"start"])
 
 
 def _values(profile_type: ProfileType, value) -> tuple[int, ...]:

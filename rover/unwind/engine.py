@@ -26,12 +26,16 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import logging
-import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from rover.bpf.counts import DoubleBufferedCounts, StackTraces
+from rover.bpf.counts import (
+    DoubleBufferedCounts,
+    StackTraces,
+    forget_exited_switch_outs,
+    thread_alive,
+)
 from rover.bpf.engine import DrainResult, EngineConfig, RawStack
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import attach_cpu_clock, load_program
@@ -299,29 +303,17 @@ class DwarfProfilerEngine:
         with self._lock:
             if self._bpf is None:
                 return 0
-            start = self._bpf[b"start"]
-            gone = [
-                k
-                for k, rec in start.items()
-                if not os.path.exists(f"/proc/{rec.tgid}/task/{k.value}")
-            ]
-            for k in gone:
-                with contextlib.suppress(KeyError):
-                    del start[k]
+            gone = forget_exited_switch_outs(self._bpf[b"start"])
         with self._ring_lock:
             stale = [
-                tid
-                for tid, (_, tgid, _, _) in self._pending.items()
-                if not os.path.exists(f"/proc/{tgid}/task/{tid}")
+                tid for tid, (_, tgid, _, _) in self._pending.items() if not thread_alive(tgid, tid)
             ]
             for tid in stale:
                 del self._pending[tid]
             if self.memos is not None:
                 owners = self.memos.owners()
-                self.memos.forget_threads(
-                    [t for t, p in owners.items() if not os.path.exists(f"/proc/{p}/task/{t}")]
-                )
-        return len(gone)
+                self.memos.forget_threads([t for t, p in owners.items() if not thread_alive(p, t)])
+        return gone
 
     # -- the consumer ----------------------------------------------------
     def _consume_loop(self) -> None:
