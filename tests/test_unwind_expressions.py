@@ -491,7 +491,7 @@ def test_real_cfa_expressions_evaluate(path):
         value = evaluate(code, *regs, lambda a: a + 64)
         others = {int(n) for n in re.findall(r"DW_OP_breg(\d+)", text(code))} - {6, 7, 16}
         assert (value is None) == bool(others), text(code)
-        leaf = Registers.of({n: 0x7FFE_0000_3000 for n in range(16)})
+        leaf = Registers.of([0x7FFE_0000_3000] * 17)
         assert evaluate(code, *regs, lambda a: a + 64, None, leaf) is not None, text(code)
         assert leaf.used == bool(others)
 

@@ -21,7 +21,7 @@ the unwinder sees (and records) every word an expression reads.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 
 from rover.unwind.leb128 import sleb, uleb
 
@@ -113,8 +113,9 @@ class Registers:
         self.used = False
 
     @classmethod
-    def of(cls, values: Mapping[int, int]) -> Registers:
-        return cls(values.get)
+    def of(cls, values: Sequence[int]) -> Registers:
+        """From all general registers by DWARF number (``values[n]`` is register n)."""
+        return cls(values.__getitem__)
 
     def get(self, reg: int) -> int | None:
         if reg > 15 or reg in (6, 7):  # not a general register, or RSP/RBP (known anyway)

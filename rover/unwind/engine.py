@@ -386,7 +386,7 @@ class DwarfProfilerEngine:
             sample.stack,
             stack_copied=not sample.flags & FLAG_STACK_FAILED,
             record_reads=memos is not None,
-            others=sample.other_registers(),
+            registers=sample.regs,
         )
         if memos is not None:
             memos.remember(sample.tgid, sample.tid, sample.ip, sample.sp, sample.bp, result)

@@ -46,10 +46,6 @@ class Sample:
     stack: bytes  # the user stack from ``sp`` upward (empty in a repeat)
     regs: tuple[int, ...] = ()  # all USER_REGS registers, by DWARF number
 
-    def other_registers(self) -> dict[int, int]:
-        """The general registers besides RSP and RBP, by DWARF number (for the leaf)."""
-        return {n: v for n, v in enumerate(self.regs[:16]) if n not in (6, 7)}
-
 
 @dataclass(frozen=True, slots=True)
 class SwitchIn:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rover.unwind.cfi import (
@@ -111,12 +111,12 @@ class Unwinder:
         stack: bytes,
         stack_copied: bool = True,
         record_reads: bool = False,
-        others: Mapping[int, int] | None = None,
+        registers: Sequence[int] = (),
     ) -> UnwindResult:
         """Unwind from ``ip``/``sp``/``bp`` and the stack copied from ``sp`` up.
 
-        ``others``: the leaf's other general registers by DWARF number, when captured
-        (a CFA at one of them is then computable in the leaf frame).
+        ``registers``: the leaf's general registers by DWARF number, when captured (a
+        CFA at one of them is then computable in the leaf frame).
         """
         if not ip:
             return UnwindResult((), Status.NO_STACK)
@@ -125,7 +125,7 @@ class Unwinder:
         space = self.spaces.space(pid)
         if space is None:
             return UnwindResult((ip,), Status.NO_MAPS)
-        leaf = Registers.of(others) if others else None
+        leaf = Registers.of(registers) if registers else None
         return self._walk(pid, space, ip, sp, bp, stack, record_reads, leaf)
 
     def _walk(
