@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 KUBERNETES_SCAN_PERIOD = 5.0  # seconds between /proc rescans for pods (Rover's fixed value)
 SCHEDULER_PERIOD = 0.2  # seconds between start/stop checks of tasks
+FINDER_SYNC_BUDGET = 5.0  # seconds start() waits for finders' first lists (one scan period)
 SHUTDOWN_BUDGET = 8.0  # seconds for the final upload on SIGTERM (the pod gets 10)
 
 
@@ -86,6 +87,9 @@ class Agent:
         self.loops = self._loops()
         self._stopped = threading.Event()
         self._snapshot: list[DiscoveredProcess] | None = None
+        # One scan at a time: the heartbeat's first scan and the discovery loop's may overlap,
+        # and an older scan finishing last would replace a newer result.
+        self._discover_lock = threading.Lock()
         self.readiness = Readiness(
             backend_answered=lambda: self.client.connection_epoch > 0,
             backend_addr=config.core.backend.addr,
@@ -125,7 +129,7 @@ class Agent:
             client=self.client,
             reporter=self.reporter,
             loops=self.loops,
-            discovered=lambda: len(self._snapshot or ()),
+            discovered=lambda: len(self.discovered),
         )
         liveness = Liveness(lambda: self.loops)
         return HealthServer(address, liveness, self.readiness, agent_registry(parts))
@@ -150,11 +154,17 @@ class Agent:
 
     def discover(self) -> list[DiscoveredProcess]:
         """Scan every finder; the heartbeat reports the latest result."""
-        current: list[DiscoveredProcess] = []
-        for finder in self.finders:
-            current += finder.scan()
-        self._snapshot = current
-        return current
+        with self._discover_lock:
+            current: list[DiscoveredProcess] = []
+            for finder in self.finders:
+                current += finder.scan()
+            self._snapshot = current
+            return current
+
+    @property
+    def discovered(self) -> list[DiscoveredProcess]:
+        """The latest scan's processes (empty before the first scan)."""
+        return list(self._snapshot or ())
 
     def heartbeat(self) -> None:
         """Report processes (spec 4.3): new ones in full, known ones by keepAlive."""
@@ -175,10 +185,25 @@ class Agent:
             self.readiness.probe_bpf(lambda: probe_bpf(self.headers.find, self.engines))
         for finder in self.finders:
             finder.start()
+        self._wait_finders_synced()
         for loop in self.loops:
             loop.start()
         if self.continuous is not None:
             self.continuous.start()
+
+    def _wait_finders_synced(self) -> None:
+        """Like an informer's WaitForCacheSync: the first scan then sees every pod, instead
+        of nothing until the scan after (a whole scan period later). Bounded: an API server
+        that is down delays nothing more than this."""
+        deadline = time.monotonic() + FINDER_SYNC_BUDGET
+        for finder in self.finders:
+            if not finder.wait_synced(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "%s has not listed everything it watches after %.0fs; its processes are "
+                    "reported once it has",
+                    type(finder).__name__,
+                    FINDER_SYNC_BUDGET,
+                )
 
     def stop(self) -> None:
         """Stop loops, upload what was collected, detach BPF, close the channel."""

@@ -14,7 +14,7 @@ Serves, on 127.0.0.1 in a background thread:
 
 Test controls: add/modify/delete pods and services (watchers see the events at once),
 :meth:`~FakeKubernetes.break_watches` (drop the open streams mid-chunk),
-:meth:`~FakeKubernetes.set_unavailable` (answer 503 to everything),
+:meth:`~FakeKubernetes.set_unavailable` (answer 503 to everything, or to one collection),
 :meth:`~FakeKubernetes.expire_watches` (compact: open streams get ERROR 410), request counters,
 and :meth:`~FakeKubernetes.api_client` / :meth:`~FakeKubernetes.write_kubeconfig`.
 """
@@ -162,7 +162,7 @@ class FakeKubernetes:
         self._break_generation = 0
         self._expire_generation = 0
         self._closing = False
-        self._unavailable = False
+        self._unavailable: frozenset[str] = frozenset()  # resources answered 503; "*": all
         self._open_watches: Counter[str] = Counter()
         self._requests: Counter[tuple[str, str]] = Counter()
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-k8s-")
@@ -262,10 +262,18 @@ class FakeKubernetes:
             self._cond.notify_all()
         return count
 
-    def set_unavailable(self, unavailable: bool = True) -> None:
-        """While set, every request is answered 503 (an API server that is down)."""
+    def set_unavailable(self, unavailable: bool = True, resource: str | None = None) -> None:
+        """While set, every request is answered 503 (an API server that is down), or with
+        ``resource`` only the list and watch requests of that collection."""
+        key = resource or "*"
         with self._cond:
-            self._unavailable = unavailable
+            self._unavailable = (
+                self._unavailable | {key} if unavailable else self._unavailable - {key}
+            )
+
+    def _answers_503(self, resource: str | None) -> bool:
+        with self._cond:
+            return "*" in self._unavailable or resource in self._unavailable
 
     # --- observation -----------------------------------------------------------------------
 
@@ -464,12 +472,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.fake._unavailable:
-            self.send_json(503, _status(503, "ServiceUnavailable", "the API server is down"))
-            return
         url = urllib.parse.urlsplit(self.path)
         params = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         collection = _COLLECTION.fullmatch(url.path)
+        if self.fake._answers_503(collection["resource"] if collection else None):
+            self.send_json(503, _status(503, "ServiceUnavailable", "the API server is down"))
+            return
         if collection is None:
             found = self.fake._get(url.path)
             if found is None:

@@ -421,6 +421,39 @@ def test_the_finder_survives_an_unavailable_api_server(
         finder.stop()
 
 
+def test_no_processes_until_services_are_listed_too(
+    fake_k8s: FakeKubernetes,  # noqa: F811
+    run_container,
+) -> None:
+    """Pods without their services would be named wrongly for a whole scan period."""
+    uid = str(uuid.uuid4())
+    app = run_container("app", uid)
+    fake_k8s.add_service(service_manifest("svc", selector={"app": "a"}))
+    fake_k8s.add_pod(
+        pod_manifest("p", uid=uid, labels={"app": "a"}, containers=[("app", app.status_id)])
+    )
+    fake_k8s.set_unavailable(resource="services")
+    finder = KubernetesFinder(
+        KubernetesConfig(
+            node_name=NODE, analyzers=(analyzer("{{.Pod.Name}}.{{.Pod.ServiceName}}"),)
+        ),
+        agent=AgentHost("rover-test"),
+        api_client=fake_k8s.api_client(),
+        watch=FAST_RETRY,
+    )
+    finder.start()
+    try:
+        assert fake_k8s.wait_for_watches("pods")  # pods are listed and watched
+        assert not finder.synced
+        assert finder.scan() == []
+        fake_k8s.set_unavailable(False, resource="services")
+        assert finder.wait_synced(10)
+        found = finder.scan()
+        assert [(p.pid, p.entity.service_name) for p in found] == [(app.pid, "p.svc")]
+    finally:
+        finder.stop()
+
+
 class VanishingHostFS(HostFS):
     """Kills ``victim`` when the scan starts reading it, as if it exited at that moment."""
 

@@ -15,10 +15,13 @@ class FinderConfigError(ValueError):
 class ProcessFinder(Protocol):
     """``scan()`` returns the full current set each time; the reporter diffs consecutive sets.
     ``start()``/``stop()`` run and end background work (watches); they are no-ops for finders
-    without any."""
+    without any. ``wait_synced()`` waits until the finder's view is complete (its watched
+    collections listed once); finders without watches are complete at once."""
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    def wait_synced(self, timeout_s: float) -> bool: ...
 
     def scan(self) -> list[DiscoveredProcess]: ...

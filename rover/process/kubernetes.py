@@ -140,6 +140,11 @@ class KubernetesFinder:
         if self._owns_client:
             self._api_client.close()
 
+    @property
+    def synced(self) -> bool:
+        """Whether every watched collection has been listed at least once."""
+        return all(r.synced.is_set() for r in (*self._pods, *self._services))
+
     def wait_synced(self, timeout_s: float) -> bool:
         """Whether every watched collection has been listed at least once within the time."""
         deadline = time.monotonic() + timeout_s
@@ -151,6 +156,10 @@ class KubernetesFinder:
     # --- scanning --------------------------------------------------------------------------
 
     def scan(self) -> list[DiscoveredProcess]:
+        if not self.synced:
+            # Pods listed before services would be named without their service (or skipped)
+            # for a whole scan period: answer nothing until the view is complete.
+            return []
         containers = self._running_containers()
         if not containers:
             return []

@@ -110,6 +110,10 @@ class RegexScannerFinder:
     def stop(self) -> None:
         """Nothing to stop."""
 
+    def wait_synced(self, timeout_s: float) -> bool:
+        """Always complete: every scan reads /proc afresh."""
+        return True
+
     def scan(self) -> list[DiscoveredProcess]:
         listing = scan_host_processes(self._hostfs)
         self.last_scan_vanished = listing.vanished
