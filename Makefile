@@ -25,7 +25,11 @@ format:
 
 bench: setup
 	$(PY) bench/bench_symbols.py
+	$(PY) bench/bench_symbol_sources.py
 	$(PY) bench/bench_drain.py
+	$(PY) bench/bench_unwind.py
+	$(PY) bench/bench_agent.py
+	$(PY) bench/bench_continuous.py
 
 clean:
 	rm -rf build .pytest_cache tests/artifacts
