@@ -142,6 +142,17 @@ def wait_for(
         time.sleep(0.05)
 
 
+def pod_with_service(fake_k8s: FakeKubernetes, run_container) -> Any:  # noqa: F811
+    """A container process in pod ``p`` (label app=a) selected by service ``svc``."""
+    uid = str(uuid.uuid4())
+    app = run_container("app", uid)
+    fake_k8s.add_service(service_manifest("svc", selector={"app": "a"}))
+    fake_k8s.add_pod(
+        pod_manifest("p", uid=uid, labels={"app": "a"}, containers=[("app", app.status_id)])
+    )
+    return app
+
+
 def by_pid(found: list[DiscoveredProcess], pid: int) -> list[DiscoveredProcess]:
     return [p for p in found if p.pid == pid]
 
@@ -310,12 +321,7 @@ def test_a_deleted_pod_leaves_the_scan(
     make_finder,
     run_container,
 ) -> None:
-    uid = str(uuid.uuid4())
-    app = run_container("app", uid)
-    fake_k8s.add_service(service_manifest("svc", selector={"app": "a"}))
-    fake_k8s.add_pod(
-        pod_manifest("p", uid=uid, labels={"app": "a"}, containers=[("app", app.status_id)])
-    )
+    app = pod_with_service(fake_k8s, run_container)
     finder = make_finder()
     wait_for(finder.scan, lambda f: bool(by_pid(f, app.pid)))
     fake_k8s.delete_pod("default", "p")
@@ -392,47 +398,16 @@ def test_an_expired_watch_410_is_relisted_and_keeps_working(
     assert fake_k8s.request_count("pods", "list") > lists_before
 
 
-def test_the_finder_survives_an_unavailable_api_server(
-    fake_k8s: FakeKubernetes,  # noqa: F811
-    make_finder,
-    run_container,
-) -> None:
-    uid = str(uuid.uuid4())
-    app = run_container("app", uid)
-    fake_k8s.add_service(service_manifest("svc", selector={"app": "a"}))
-    fake_k8s.add_pod(
-        pod_manifest("p", uid=uid, labels={"app": "a"}, containers=[("app", app.status_id)])
-    )
-    fake_k8s.set_unavailable()
-    finder = KubernetesFinder(
-        KubernetesConfig(node_name=NODE),
-        agent=AgentHost("rover-test"),
-        api_client=fake_k8s.api_client(),
-        watch=FAST_RETRY,
-    )
-    finder.start()
-    try:
-        assert not finder.wait_synced(0.5)
-        assert finder.scan() == []
-        fake_k8s.set_unavailable(False)  # the server comes back
-        assert finder.wait_synced(10)
-        wait_for(finder.scan, lambda f: {p.pid for p in f} == {app.pid})
-    finally:
-        finder.stop()
-
-
-def test_no_processes_until_services_are_listed_too(
+@pytest.mark.parametrize("down", [None, "services"], ids=["everything", "services"])
+def test_no_processes_until_everything_is_listed(
     fake_k8s: FakeKubernetes,  # noqa: F811
     run_container,
+    down: str | None,
 ) -> None:
-    """Pods without their services would be named wrongly for a whole scan period."""
-    uid = str(uuid.uuid4())
-    app = run_container("app", uid)
-    fake_k8s.add_service(service_manifest("svc", selector={"app": "a"}))
-    fake_k8s.add_pod(
-        pod_manifest("p", uid=uid, labels={"app": "a"}, containers=[("app", app.status_id)])
-    )
-    fake_k8s.set_unavailable(resource="services")
+    """The finder survives an API server that is down, and answers nothing until pods and
+    services are both listed: pods without their services would be named wrongly."""
+    app = pod_with_service(fake_k8s, run_container)
+    fake_k8s.set_unavailable(resource=down)
     finder = KubernetesFinder(
         KubernetesConfig(
             node_name=NODE, analyzers=(analyzer("{{.Pod.Name}}.{{.Pod.ServiceName}}"),)
@@ -443,13 +418,15 @@ def test_no_processes_until_services_are_listed_too(
     )
     finder.start()
     try:
-        assert fake_k8s.wait_for_watches("pods")  # pods are listed and watched
+        if down == "services":
+            assert fake_k8s.wait_for_watches("pods")  # pods are listed and watched
+        assert not finder.wait_synced(0.5)
         assert not finder.synced
         assert finder.scan() == []
-        fake_k8s.set_unavailable(False, resource="services")
+        fake_k8s.set_unavailable(False, resource=down)  # the server comes back
         assert finder.wait_synced(10)
-        found = finder.scan()
-        assert [(p.pid, p.entity.service_name) for p in found] == [(app.pid, "p.svc")]
+        found = wait_for(finder.scan, lambda f: {p.pid for p in f} == {app.pid})
+        assert [p.entity.service_name for p in found] == ["p.svc"]
     finally:
         finder.stop()
 
@@ -597,12 +574,7 @@ def test_the_client_is_configured_from_kubeconfig(
     run_container,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uid = str(uuid.uuid4())
-    app = run_container("app", uid)
-    fake_k8s.add_service(service_manifest("svc", selector={"app": "a"}))
-    fake_k8s.add_pod(
-        pod_manifest("p", uid=uid, labels={"app": "a"}, containers=[("app", app.status_id)])
-    )
+    app = pod_with_service(fake_k8s, run_container)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(fake_k8s.write_kubeconfig()))
     finder = KubernetesFinder(
