@@ -334,3 +334,23 @@ def test_leaf_whose_cfa_is_in_another_register(headers, spawn, workloads):
     assert leaf_samples > 0.8 * sum(n for _, n in stacks), stacks[:3]
     assert chain_share(stacks, chain) > 0.8, stacks[:3]
     assert counter(results, "record_errors") == 0
+
+
+def test_samples_whose_stack_cannot_be_copied_keep_their_leaf_and_are_counted(
+    headers, spawn, workloads
+):
+    """nostack_leaf spins with RSP at an unmapped page: no stack copy, the leaf alone."""
+    busy = spawn([workloads.build("regcfa_c"), "nostack"])
+    engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499))
+    try:
+        stacks, results = profile_user(engine, busy.pid, 1.5)
+    finally:
+        engine.close()
+    events, failed = counter(results, "events"), counter(results, "stack_copy_failed")
+    assert events > 300
+    assert failed > 0.8 * events, (failed, events)
+    # every sample is still counted exactly once, with what is known of it
+    assert sum(n for _, n in stacks) + counter(results, "ringbuf_drops") == events
+    leaf_only = sum(n for frames, n in stacks if frames == ["nostack_leaf"])
+    assert leaf_only >= failed - counter(results, "ringbuf_drops"), stacks[:3]
+    assert counter(results, "record_errors") == 0

@@ -1,13 +1,19 @@
 /* A hot leaf in assembly whose CFA lives in R11 while it runs, built without frame
  * pointers: main -> reg_outer -> reg_leaf. reg_leaf saves RSP in R11 and realigns RSP,
  * so only the sampled R11 (not RSP, not RBP) says where its return address is, as in
- * OpenSSL's hand-written assembly. Usage: regcfa_c [seconds]   (none: forever)
+ * OpenSSL's hand-written assembly.
+ * With "nostack", reg_outer calls nostack_leaf instead, which points RSP at an unmapped
+ * page while it spins (as code switching stacks does for an instant): no stack can be
+ * copied from there.
+ * Usage: regcfa_c [nostack] [seconds]   (no seconds: forever)
  * Prints "ready", then spins. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 void reg_leaf(long n);
+void nostack_leaf(long n);
 
 __asm__(".text\n"
         ".globl reg_leaf\n"
@@ -24,12 +30,30 @@ __asm__(".text\n"
         ".cfi_def_cfa_register %rsp\n"
         "    ret\n"
         ".cfi_endproc\n"
-        ".size reg_leaf, .-reg_leaf\n");
+        ".size reg_leaf, .-reg_leaf\n"
+        ".globl nostack_leaf\n"
+        ".type nostack_leaf, @function\n"
+        "nostack_leaf:\n"
+        ".cfi_startproc\n"
+        "    mov %rsp, %r11\n"
+        ".cfi_def_cfa_register %r11\n"
+        "    mov $0x1000, %rsp\n" /* below mmap_min_addr: never mapped */
+        "1:  dec %rdi\n"
+        "    jnz 1b\n"
+        "    mov %r11, %rsp\n"
+        ".cfi_def_cfa_register %rsp\n"
+        "    ret\n"
+        ".cfi_endproc\n"
+        ".size nostack_leaf, .-nostack_leaf\n");
 
 volatile long reg_rounds;
+static int no_stack;
 
 __attribute__((noinline)) void reg_outer(void) {
-    reg_leaf(1000000);
+    if (no_stack)
+        nostack_leaf(1000000);
+    else
+        reg_leaf(1000000);
     reg_rounds++; /* work after the call: no tail call */
 }
 
@@ -40,7 +64,8 @@ static double now_seconds(void) {
 }
 
 int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 0.0;
+    no_stack = argc > 1 && strcmp(argv[1], "nostack") == 0;
+    double seconds = argc > 1 + no_stack ? atof(argv[1 + no_stack]) : 0.0;
     double deadline = now_seconds() + seconds;
     printf("ready\n");
     fflush(stdout);
