@@ -104,14 +104,15 @@ def test_off_cpu_names_the_caller_chain_and_counts_every_switch(headers, spawn, 
     switches = sum(s.values[0] for d in drains for s in d.stacks)
     lost = counter(drains, "ringbuf_drops") + counter(drains, "offcpu_unpaired")
     assert switches + lost >= events >= switches
-    assert 200 <= events < 400  # a busy machine adds preemptions
-    assert sum(s.values[1] for d in drains for s in d.stacks) >= 200 * 2_000_000
+    fewest = workloads.fewest_switches(200)
+    assert fewest <= events < 400  # a busy machine adds preemptions
+    assert sum(s.values[1] for d in drains for s in d.stacks) >= fewest * 2_000_000
     chained = 0
     for d in drains:
         for s in d.stacks:
             frames = [f.name for f in reversed(symbolizer.user_frames(sleeper.pid, s.user))]
             chained += s.values[0] if contains_in_order(frames, CHAIN) else 0
-    assert chained >= 200
+    assert chained >= fewest
     # The same place every time: after the first unwinds, switch-outs are repeats.
     assert engine.memos.repeats >= 150
     assert counter(drains, "offcpu_memo_missing") == 0

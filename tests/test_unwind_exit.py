@@ -156,8 +156,9 @@ def test_off_cpu_samples_unwind_fully_after_the_process_exited(headers, spawn, w
     assert counter(results, "record_errors") == 0
     assert counter(results, "ringbuf_drops") == 0
     assert counter(results, "offcpu_unpaired") == 0
-    assert counter(results, "events") >= switches >= SLEEPS
+    fewest = workloads.fewest_switches(SLEEPS)
+    assert counter(results, "events") >= switches >= fewest
     assert counter(results, "unwind_no_maps") == 0
-    assert sum(s.values[1] for r in results for s in r.stacks) >= SLEEPS * 2_000_000
+    assert sum(s.values[1] for r in results for s in r.stacks) >= fewest * 2_000_000
     stacks = named_stacks(results, symbolizer, sleeper.pid)
-    assert chained(stacks) >= SLEEPS, stacks[:3]
+    assert chained(stacks) >= fewest, stacks[:3]
