@@ -18,14 +18,14 @@ def process(pid: int) -> DiscoveredProcess:
     return DiscoveredProcess(pid, entity, ProcessKind.HOST, 1, {})
 
 
-class SlowFirstScan:
-    """The first scan saw nothing (taken before the view was complete) and is slow to end;
-    every later scan sees the process."""
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
-    def __init__(self) -> None:
-        self.scans = 0
-        self.first_started = threading.Event()
-        self.release_first = threading.Event()
+
+class FakeFinder:
+    """A finder without background work whose view is complete."""
 
     def start(self) -> None:
         pass
@@ -35,6 +35,16 @@ class SlowFirstScan:
 
     def wait_synced(self, timeout_s: float) -> bool:
         return True
+
+
+class SlowFirstScan(FakeFinder):
+    """The first scan saw nothing (taken before the view was complete) and is slow to end;
+    every later scan sees the process."""
+
+    def __init__(self) -> None:
+        self.scans = 0
+        self.first_started = threading.Event()
+        self.release_first = threading.Event()
 
     def scan(self) -> list[DiscoveredProcess]:
         self.scans += 1
@@ -67,20 +77,12 @@ def test_an_older_scan_never_replaces_a_newer_one() -> None:
         agent.client.close()
 
 
-class Watching:
-    """A finder whose watched collections list once ``synced`` is set."""
+class Watching(FakeFinder):
+    """A finder whose watched collections are listed once ``synced`` is set."""
 
-    def __init__(self, synced: bool) -> None:
+    def __init__(self) -> None:
         self.synced = threading.Event()
-        if synced:
-            self.synced.set()
         self.scans_before_sync = 0
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
     def wait_synced(self, timeout_s: float) -> bool:
         return self.synced.wait(timeout_s)
@@ -93,15 +95,13 @@ class Watching:
 
 
 def test_start_waits_for_the_first_lists_so_the_first_scan_sees_everything() -> None:
-    finder = Watching(synced=False)
+    finder = Watching()
     threading.Timer(0.3, finder.synced.set).start()  # the API server answers the lists
     agent = Agent(load_config(None, {"ROVER_PROFILING_ACTIVE": "false"}), finders=[finder])
     agent.start()
     try:
         assert finder.synced.is_set()
-        deadline = time.monotonic() + 10
-        while not agent.discovered and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: agent.discovered)
         assert [p.pid for p in agent.discovered] == [7]
         assert finder.scans_before_sync == 0
     finally:
@@ -110,9 +110,7 @@ def test_start_waits_for_the_first_lists_so_the_first_scan_sees_everything() -> 
 
 def test_start_waits_a_bounded_time_for_a_finder_that_cannot_list(monkeypatch, caplog) -> None:
     monkeypatch.setattr(rover.agent, "FINDER_SYNC_BUDGET", 0.3)
-    agent = Agent(
-        load_config(None, {"ROVER_PROFILING_ACTIVE": "false"}), finders=[Watching(synced=False)]
-    )
+    agent = Agent(load_config(None, {"ROVER_PROFILING_ACTIVE": "false"}), finders=[Watching()])
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="rover.agent"):
         agent.start()
@@ -120,9 +118,7 @@ def test_start_waits_a_bounded_time_for_a_finder_that_cannot_list(monkeypatch, c
         assert time.monotonic() - started < 5
         assert "Watching has not listed everything it watches" in caplog.text
         discovery = next(loop for loop in agent.loops if loop.name == "discovery")
-        deadline = time.monotonic() + 10
-        while discovery.runs == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: discovery.runs > 0)
         assert discovery.runs >= 1  # the agent went on without the finder's view
     finally:
         agent.stop()
