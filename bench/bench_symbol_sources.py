@@ -14,8 +14,9 @@
 2. Reading the .gopclntab of a large stripped Go binary (net/http, crypto/tls,
    encoding/json, go/types... built here with -ldflags="-s -w"), against Go's
    own ``nm`` tool on the same program built unstripped. Target: at most 3x.
-3. Perf maps: reading a 200,000-line map (a long-running JIT), looking
-   addresses up, and following 1,000 appended lines.
+3. Perf maps: reading a 200,000-line and a 2,000,000-line map (a long-running
+   JIT), looking addresses up, following 1,000 appended lines, and the peak RSS
+   of reading the map in a fresh process, as a ratio to the file's size.
 """
 
 from __future__ import annotations
@@ -346,6 +347,29 @@ def bench_pclntab(repeat: int) -> None:
 # -- 3. perf maps ------------------------------------------------------------------
 
 
+PEAK_CHILD = r"""
+import re, sys
+from rover.hostfs import HostFS
+from rover.symbols.perf_map import PerfMap
+from rover.symbols.report import Reporter
+def hwm():  # VmHWM: ru_maxrss would carry the parent's peak across fork and exec
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+before = hwm()
+perf_map = PerfMap(HostFS(sys.argv[1]), 77, Reporter(()))
+perf_map.refresh(force=True)
+assert perf_map.frame(0x7F0000000000 + 0x10, True) is not None
+print(len(perf_map), hwm() - before)
+"""
+
+
+def _perf_map_peak(root: str) -> tuple[int, float]:
+    """Lines kept and peak RSS growth (MiB) of reading the map in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, root], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return int(out[0]), int(out[1]) / 1024
+
+
 def bench_perf_map(lines: int = 200_000) -> None:
     rng = random.Random(3)
     base = 0x7F0000000000
@@ -390,8 +414,14 @@ def bench_perf_map(lines: int = 200_000) -> None:
         perf_map.refresh(force=True)
         append = time.perf_counter() - start
         size = path.stat().st_size / 1e6
+        del perf_map
+        kept_lines, peak = _perf_map_peak(root)
     print(f"== perf map: {lines:,} lines ({size:.0f} MB)")
     print(f"first read                       {read * 1e3:8.1f} ms  ({kept / 2**20:.0f} MiB kept)")
+    print(
+        f"peak RSS growth, fresh process   {peak:8.1f} MiB = {peak * 2**20 / (size * 1e6):.2f}x"
+        f" the file ({kept_lines:,} lines kept)"
+    )
     print(f"lookups, first time (frame made) {cold_rate:12,.0f} /s")
     print(f"lookups, repeated                {warm_rate:12,.0f} /s")
     print(f"1,000 appended lines read        {append * 1e3:8.1f} ms")
@@ -402,11 +432,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="sampling time")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--skip-process", action="store_true", help="only the pclntab part")
+    parser.add_argument(
+        "--perf-map-lines", type=int, nargs="+", default=[200_000, 2_000_000], metavar="N"
+    )
     args = parser.parse_args()
     if not args.skip_process:
         bench_process(args.seconds)
     bench_pclntab(args.repeat)
-    bench_perf_map()
+    for lines in args.perf_map_lines:
+        bench_perf_map(lines)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ example ``/host``), and the host's ``/proc`` possibly somewhere else again (Rove
 a target process (its executable, its libraries) are opened through
 ``/proc/PID/root`` so processes in other mount namespaces resolve.
 
+Files we read on behalf of a target (its executable and libraries, perf maps,
+debug files) are opened with :meth:`HostFS.open_target_file`, which resolves
+them inside the target's root (symlinks and ``..`` included, see
+:mod:`rover.rooted_open`) and accepts only bounded regular files; host files
+found for a target (its debug files under the host's ``/usr/lib/debug``) with
+:meth:`HostFS.open_host_file`, inside the host's root.
+
 A process that exits while we read it is a normal event: it surfaces as
 :class:`ProcessGone`, never as a bare ``FileNotFoundError``.
 """
@@ -16,6 +23,9 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from rover.rooted_open import open_in_root
 
 
 class ProcessGone(Exception):
@@ -57,6 +67,29 @@ class HostFS:
     def target_path(self, pid: int, path: str) -> Path:
         """A path inside the target process's own root (its mount namespace)."""
         return self.proc_path(pid, "root", path.lstrip("/"))
+
+    def open_target_file(
+        self, pid: int, path: str, max_bytes: int | None
+    ) -> tuple[BinaryIO, os.stat_result]:
+        """``path`` as process ``pid`` sees it, opened inside its root, and its stat.
+
+        Raises :class:`ProcessGone` when the process (its root) is gone, ``OSError``
+        when the file is missing, escapes nowhere (see :func:`open_in_root`), is not
+        a regular file or is bigger than ``max_bytes`` (None: the caller reads only a
+        bounded part of it).
+        """
+        try:
+            return open_in_root(self.proc_path(pid, "root"), path, max_bytes)
+        except OSError as exc:
+            if exc.errno in _GONE_ERRNOS and not self.exists(pid):
+                raise ProcessGone(pid) from exc
+            raise
+
+    def open_host_file(self, path: str, max_bytes: int | None) -> tuple[BinaryIO, os.stat_result]:
+        """A host file opened inside the host's root (absolute symlinks in it point
+        into the host's tree, not ours), and its stat; the same checks as
+        :meth:`open_target_file`."""
+        return open_in_root(self.root, path, max_bytes)
 
     def exists(self, pid: int) -> bool:
         return self.proc_path(pid).is_dir()

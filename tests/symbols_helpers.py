@@ -445,6 +445,16 @@ def namespaced_program(
         shutil.rmtree(host_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def chrooted_program(binary: Path, root: Path) -> Iterator[RunningProgram]:
+    """Run ``binary`` (static, of this module's protocol) as ``/app`` chrooted into ``root``:
+    its ``/proc/PID/root`` is ``root``, as a container's is its image."""
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    shutil.copy(binary, root / "app")
+    with RunningProgram(["chroot", str(root), "/app"]) as program:
+        yield program
+
+
 def mapping_of(pid: int, address: int) -> tuple[int, int, int, str]:
     """(start, end, offset, path) of the mapping of ``pid`` containing ``address``."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -460,6 +470,8 @@ LIB_FLAGS = ("-O1", "-shared", "-fPIC")
 _RECIPES = {
     "c_pie": lambda out: compile_c(C_PROGRAM, out, *C_FLAGS, "-fPIE", "-pie", "-ldl"),
     "c_nopie": lambda out: compile_c(C_PROGRAM, out, *C_FLAGS, "-fno-pie", "-no-pie", "-ldl"),
+    # Needs no file but itself: runs chrooted into an otherwise empty directory.
+    "c_static": lambda out: compile_c(C_PROGRAM, out, *C_FLAGS, "-static", "-ldl"),
     "libspin.so": lambda out: compile_c(C_LIBRARY, out, *LIB_FLAGS),
     # One R+X segment from file offset 0: maps lists the r-xp mapping first.
     "libflat.so": lambda out: compile_c(C_LIBRARY, out, *LIB_FLAGS, "-Wl,-z,noseparate-code"),

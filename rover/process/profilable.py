@@ -6,30 +6,34 @@ process on every scan, and the symbolizer reports its own failures at profiling 
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import BinaryIO
 
-from rover.hostfs import HostFS
+from rover.hostfs import HostFS, ProcessGone
 from rover.process.procfs import HostProcess
+from rover.symbols.mapped_files import MAX_MAPPED_FILE
 
 _ELF_MAGIC = b"\x7fELF"
 _DELETED_SUFFIX = " (deleted)"
 
 
 def executable_is_readable_elf(hostfs: HostFS, process: HostProcess) -> bool:
-    """Through the process's own root first (its mount namespace), then ``/proc/PID/exe``,
-    which still opens a binary that was deleted or replaced on disk."""
-    candidates: list[Path] = []
-    if process.exe_path and not process.exe_path.endswith(_DELETED_SUFFIX):
-        candidates.append(hostfs.target_path(process.pid, process.exe_path))
-    candidates.append(hostfs.proc_path(process.pid, "exe"))
-    for path in candidates:
+    """Through the process's own root first (its mount namespace, resolved inside it),
+    then ``/proc/PID/exe``, which still opens a binary that was deleted or replaced."""
+    by_root = process.exe_path and not process.exe_path.endswith(_DELETED_SUFFIX)
+    for through_root in (True, False) if by_root else (False,):
         try:
-            with open(path, "rb") as f:
+            with _open_executable(hostfs, process, through_root) as f:
                 if f.read(len(_ELF_MAGIC)) == _ELF_MAGIC:
                     return True
-        except OSError:
+        except (OSError, ProcessGone):
             continue
     return False
+
+
+def _open_executable(hostfs: HostFS, process: HostProcess, through_root: bool) -> BinaryIO:
+    if through_root:
+        return hostfs.open_target_file(process.pid, process.exe_path, MAX_MAPPED_FILE)[0]
+    return open(hostfs.proc_path(process.pid, "exe"), "rb")  # noqa: SIM115 - the caller's `with`
 
 
 class ProfilingSupport:

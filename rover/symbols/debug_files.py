@@ -8,12 +8,13 @@ Found as gdb finds them ("Separate Debug Files" in its manual), in this order:
    the binary, in ``.debug/`` beside it, and under ``/usr/lib/debug/<binary's dir>/``.
 
 Each place is looked up inside the target process's root (its container's
-files) first, then on the host. A debug-link candidate whose CRC does not match
-is another build's file: it is skipped, counted and logged. A debug file's
-symbol values (and CFI addresses) are the binary's virtual addresses, so the
-binary's program headers still give the load bias. The symbolizer and the
-unwinder (``rover.unwind.tables``) share this one locator, each with its own
-reader and counters.
+files, resolved inside that root: see :mod:`rover.rooted_open`) first, then,
+for the places under ``/usr/lib/debug``, inside the host's root. A debug-link
+candidate whose CRC does not match is another build's file: it is skipped,
+counted and logged. A debug file's symbol values (and CFI addresses) are the
+binary's virtual addresses, so the binary's program headers still give the
+load bias. The symbolizer and the unwinder (``rover.unwind.tables``) share
+this one locator, each with its own reader and counters.
 """
 
 from __future__ import annotations
@@ -21,15 +22,13 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from rover.hostfs import HostFS
+from rover.hostfs import HostFS, ProcessGone
 from rover.symbols.cache import FileIdentity, LruCache, file_identity
 from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table
@@ -117,20 +116,20 @@ class DebugFiles:
         ``read`` raises, is reported once and the search goes on.
         """
         seen: set[FileIdentity] = {binary} if binary else set()
-        for path, link in self._candidates(image, pid, binary_path):
-            found = self._try(path, image, link, seen, read)
+        for place, link in self._candidates(image, pid, binary_path):
+            found = self._try(place, image, link, seen, read)
             if found is not None:
                 return found
         return None
 
     def _candidates(
         self, image: ElfImage, pid: int, binary_path: str
-    ) -> Iterator[tuple[Path, DebugLink | None]]:
+    ) -> Iterator[tuple[_Place, DebugLink | None]]:
         """Where ``image``'s debug file may be, in gdb's order (see the module docstring)."""
         if image.build_id and len(image.build_id) > 2:
             relative = f".build-id/{image.build_id[:2]}/{image.build_id[2:]}.debug"
-            for path in self._places(pid, posixpath.join(DEBUG_ROOT, relative)):
-                yield path, None
+            for place in self._places(pid, posixpath.join(DEBUG_ROOT, relative)):
+                yield place, None
         try:
             link = read_debug_link(image)
         except ElfLoadError:
@@ -143,51 +142,55 @@ class DebugFiles:
             posixpath.join(directory, ".debug", link.name),
             posixpath.join(DEBUG_ROOT + directory, link.name),
         ):
-            for path in self._places(pid, candidate):
-                yield path, link
+            for place in self._places(pid, candidate):
+                yield place, link
 
-    def _places(self, pid: int, path: str) -> Iterator[Path]:
-        yield self._hostfs.target_path(pid, path)
-        yield self._hostfs.host_path(path)
+    def _places(self, pid: int, path: str) -> Iterator[_Place]:
+        """In the target's root; on the host too, but only under the host's debug root:
+        the target names these paths, and the rest of the host is none of its business."""
+        yield _Place(path, pid, str(self._hostfs.target_path(pid, path)))
+        if path.startswith(DEBUG_ROOT + "/") and ".." not in path.split("/"):
+            yield _Place(path, None, str(self._hostfs.host_path(path)))
+
+    def _open(self, place: _Place) -> tuple[BinaryIO, os.stat_result]:
+        if place.pid is None:
+            return self._hostfs.open_host_file(place.path, _MAX_DEBUG_FILE)
+        return self._hostfs.open_target_file(place.pid, place.path, _MAX_DEBUG_FILE)
 
     def _try(
         self,
-        path: Path,
+        place: _Place,
         image: ElfImage,
         link: DebugLink | None,
         seen: set[FileIdentity],
         read: Callable[[ElfImage, BinaryIO], T],
     ) -> T | None:
         try:
-            stream = _open_regular(path)
+            stream, st = self._open(place)
+        except ProcessGone:
+            return None
         except OSError as exc:
             if exc.errno not in _NOT_THERE:
-                self._reject(path, f"cannot open it: {exc}")
-            return None
-        if stream is None:
+                self._reject(place, f"cannot open it: {exc.strerror or exc}")
             return None
         with stream:
             try:
-                st = os.fstat(stream.fileno())
                 identity = file_identity(st)
                 if identity in seen:
                     return None  # the same file through the other root, or the binary itself
                 seen.add(identity)
-                if st.st_size > _MAX_DEBUG_FILE:
-                    self._reject(path, f"it is {st.st_size >> 20} MB, over the 4 GB limit")
-                    return None
                 if link is not None and self._crc(stream, identity) != link.crc:
-                    self._reject(path, "its CRC32 does not match the debug link", crc=True)
+                    self._reject(place, "its CRC32 does not match the debug link", crc=True)
                     return None
                 debug = ElfImage(stream)
                 if image.build_id and debug.build_id and debug.build_id != image.build_id:
-                    self._reject(path, f"its build id {debug.build_id} is not the binary's")
+                    self._reject(place, f"its build id {debug.build_id} is not the binary's")
                     return None
                 return read(debug, stream)
             except (OSError, ElfLoadError) as exc:
-                self._reject(path, str(exc))
+                self._reject(place, str(exc))
             except Exception as exc:  # untrusted input: any other failure is a bad file too
-                self._reject(path, repr(exc))
+                self._reject(place, repr(exc))
         return None
 
     def _crc(self, stream: BinaryIO, identity: FileIdentity) -> int:
@@ -200,28 +203,27 @@ class DebugFiles:
             self._crcs.put(identity, crc)
         return crc
 
-    def _reject(self, path: Path, reason: str, crc: bool = False) -> None:
+    def _reject(self, place: _Place, reason: str, crc: bool = False) -> None:
         counters = (self._error_counter,)
         if crc and self._crc_counter:
             counters += (self._crc_counter,)
         self._reporter.problem(
-            ("debug file", str(path), reason),
+            ("debug file", str(place), reason),
             counters,
             "skipping debug file %s for %s: %s",
-            path,
+            place,
             self._purpose,
             reason,
         )
 
 
-def _open_regular(path: Path) -> BinaryIO | None:
-    """``path`` opened for reading if it is a regular file (never blocks on a FIFO)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """A candidate debug file: ``path`` inside process ``pid``'s root, or the host's."""
+
+    path: str
+    pid: int | None
+    shown: str  # where it is as seen from here, for messages
+
+    def __str__(self) -> str:
+        return self.shown

@@ -11,15 +11,20 @@ of ``/proc/PID/status``). JITs append to it while they run, so an address it
 does not know makes us check the file's size (at most every
 :data:`RECHECK_SECONDS`) and read only what was appended; a file that shrank
 or was replaced is read anew. Garbage lines are skipped and counted.
+
+Memory is bounded: 24 bytes a line (its range and where it is in the file;
+names are read back from the file when needed), at most :data:`_MAX_ENTRIES`
+lines a process (lines after those are not read, with one warning).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import posixpath
 import re
-import stat
 import time
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -33,93 +38,110 @@ _LINE = re.compile(
     rb"^[ \t]*(?:0x)?([0-9a-fA-F]{1,16})[ \t]+(?:0x)?([0-9a-fA-F]{1,16})[ \t]+([^\s][^\n]*)$",
     re.MULTILINE,
 )
-_MAX_BYTES = 512 << 20  # a perf map beyond this is read no further
+_MAX_ENTRIES = 1 << 21  # lines kept per process, 24 bytes each (48 MiB); later ones are not read
+_CHUNK_BYTES = 4 << 20  # parsed at a time
+_NAME_READ_BYTES = 4096  # a name is read back up to this many bytes of its line
 _MAX_FRAMES = 1 << 16
 _CONTAINING_SCAN = 4
 _HEAD_BYTES = 64  # compared on growth, to tell an append from a rewrite
 _MAX_ADDRESS = (1 << 64) - 1
 
 
-def parse_perf_map(chunk: bytes) -> tuple[list[int], list[int], list[bytes], int]:
-    """Starts, sizes and names of the lines of ``chunk``, and how many lines were garbage.
+def parse_perf_map(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Starts, sizes and line offsets of the lines of ``chunk``, and how many lines
+    were garbage.
 
     Never raises: anything that is not ``START SIZE name`` (or an empty line) is
     a garbage line, whitespace-only lines included.
     """
-    found = _LINE.findall(chunk)
-    starts = [int(start, 16) for start, _, _ in found]
-    sizes = [int(size, 16) for _, size, _ in found]
-    names = [name.rstrip() for _, _, name in found]
+    starts, sizes, offsets = [], [], []
+    for match in _LINE.finditer(chunk):
+        starts.append(int(match.group(1), 16))
+        sizes.append(int(match.group(2), 16))
+        offsets.append(match.start())
     lines = chunk.count(b"\n") + (1 if chunk and not chunk.endswith(b"\n") else 0)
     empty = chunk.count(b"\n\n") + chunk.startswith(b"\n")
-    garbage = lines - len(found) - empty
-    return starts, sizes, names, max(garbage, 0)
+    garbage = lines - len(starts) - empty
+    return (
+        np.array(starts, dtype=np.uint64),
+        np.array(sizes, dtype=np.uint64),
+        np.array(offsets, dtype=np.uint64),
+        max(garbage, 0),
+    )
 
 
 class RangeIndex:
-    """Address ranges sorted by start; of ranges with one start, the latest wins.
+    """Address ranges sorted by start, each with the file offset of its line; of ranges
+    with one start, the latest (the one further into the file) wins.
 
-    Kept as numpy arrays (a JIT's map can have hundreds of thousands of lines);
-    lookups are memoized by the caller, so a searchsorted each is cheap enough.
+    Kept as numpy arrays (a JIT's map can have millions of lines); lookups are
+    memoized by the caller, so a searchsorted each is cheap enough.
     """
 
-    def __init__(self, starts: np.ndarray, ends: np.ndarray, ids: np.ndarray) -> None:
-        order = np.lexsort((-ids, starts))
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray) -> None:
+        order = np.lexsort((-offsets.astype(np.int64), starts))
         sorted_starts = starts[order]
         first = np.ones(len(order), dtype=bool)
         first[1:] = sorted_starts[1:] != sorted_starts[:-1]
         keep = order[first]
+        del order
         self._starts = sorted_starts[first]
+        del sorted_starts
         self._ends = ends[keep]
-        self._ids = ids[keep]
+        self._offsets = offsets[keep]
 
     def __len__(self) -> int:
         return len(self._starts)
 
-    def lookup(self, address: int) -> int:
-        """The id of the range containing ``address``, or -1."""
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._starts, self._ends, self._offsets
+
+    def lookup(self, address: int) -> tuple[int, int] | None:
+        """The start and line offset of the range containing ``address``, or None."""
         if not len(self._starts) or not 0 <= address <= _MAX_ADDRESS:
-            return -1
+            return None
         i = int(np.searchsorted(self._starts, np.uint64(address), side="right")) - 1
         for j in range(i, max(i - 1 - _CONTAINING_SCAN, -1), -1):
             if int(self._starts[j]) <= address < int(self._ends[j]):
-                return int(self._ids[j])
-        return -1
+                return int(self._starts[j]), int(self._offsets[j])
+        return None
 
 
 _NO_RANGES = np.zeros(0, dtype=np.uint64)
-_NO_IDS = np.zeros(0, dtype=np.int64)
-_EMPTY = RangeIndex(_NO_RANGES, _NO_RANGES, _NO_IDS)
+_EMPTY = RangeIndex(_NO_RANGES, _NO_RANGES, _NO_RANGES)
 
 
 class PerfMap:
-    """One process's perf map, read on first need and followed as it grows."""
+    """One process's perf map, read on first need and followed as it grows.
+
+    Only each line's range and its offset in the file are kept (24 bytes a
+    line); a name is read back from the file when an address first needs it,
+    through a descriptor kept open, so the names stay readable after the
+    process exits or the file is deleted. The file is parsed in chunks of
+    :data:`_CHUNK_BYTES`, so reading a big map never holds more than one
+    chunk's lines as Python objects.
+    """
 
     def __init__(self, hostfs: HostFS, pid: int, reporter: Reporter) -> None:
         self._hostfs = hostfs
         self._pid = pid
         self._reporter = reporter
-        self._location: tuple[Path, str] | None = None
+        self._shown: str | None = None  # /tmp/perf-NSPID.map, as the process names it
         self._gone = False
         self._checked = float("-inf")
+        self._stream: BinaryIO | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self._starts, self._ends = _NO_RANGES, _NO_RANGES
-        # Names stay in one blob per read ("\0"-separated), found by (blob, offset, length).
-        self._blobs: list[bytes] = []
-        self._name_blob = np.zeros(0, dtype=np.uint32)
-        self._name_offset = np.zeros(0, dtype=np.uint64)
-        self._name_length = np.zeros(0, dtype=np.uint32)
         self._base, self._recent = _EMPTY, _EMPTY
-        self._base_count = 0
+        self._recent_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._offset = 0  # bytes parsed: up to the last complete line
         self._file: tuple[int, int, int, int] | None = None  # dev, ino, size, mtime when read
         self._head = b""
         self._frames: dict[int, Frame] = {}
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return len(self._base) + len(self._recent)
 
     def frame(self, address: int, leaf: bool) -> Frame | None:
         """The JIT frame for ``address``, None when the map (re-checked if due) lacks it.
@@ -130,26 +152,41 @@ class PerfMap:
         frame = self._frames.get(lookup)
         if frame is not None:
             return frame
-        i = self._find(lookup)
-        if i < 0 and self.refresh():
-            i = self._find(lookup)
-        if i < 0:
+        name = self._name_at(lookup)
+        if name is None and self.refresh():
+            name = self._name_at(lookup)
+        if name is None:
             return None
-        path, shown = self._location or (Path(), "")
-        frame = Frame(demangle(self._name(i)), FrameKind.USER, path.name, True, shown)
+        shown = self._shown or ""
+        frame = Frame(demangle(name), FrameKind.USER, posixpath.basename(shown), True, shown)
         if len(self._frames) >= _MAX_FRAMES:
             self._frames.clear()
         self._frames[lookup] = frame
         return frame
 
-    def _name(self, i: int) -> str:
-        offset = int(self._name_offset[i])
-        raw = self._blobs[self._name_blob[i]][offset : offset + int(self._name_length[i])]
-        return raw.decode("utf-8", "replace")
+    def _name_at(self, address: int) -> str | None:
+        found = self._recent.lookup(address) if len(self._recent) else None
+        found = found or self._base.lookup(address)
+        if found is None:
+            return None
+        start, offset = found
+        name = self._read_name(start, offset)
+        if name is None and self.refresh(force=True):  # rewritten in place since it was read
+            return self._name_at(address)
+        return name
 
-    def _find(self, address: int) -> int:
-        found = self._recent.lookup(address) if len(self._recent) else -1
-        return found if found >= 0 else self._base.lookup(address)
+    def _read_name(self, start: int, offset: int) -> str | None:
+        """The name on the line at ``offset``, if that line still starts at ``start``."""
+        if self._stream is None:
+            return None
+        try:
+            line = os.pread(self._stream.fileno(), _NAME_READ_BYTES, offset)
+        except OSError:
+            return None
+        match = _LINE.match(line.split(b"\n", 1)[0])
+        if match is None or int(match.group(1), 16) != start:
+            return None
+        return match.group(3).rstrip().decode("utf-8", "replace")
 
     def refresh(self, force: bool = False) -> bool:
         """Read what was appended (or everything, if rewritten); True if entries changed.
@@ -160,70 +197,102 @@ class PerfMap:
         if self._gone or (not force and now - self._checked < RECHECK_SECONDS):
             return False
         self._checked = now
-        location = self._locate()
-        if location is None:
+        shown = self._locate()
+        if shown is None:
             return False
         try:
-            return self._read(location[0])
+            stream, st = self._hostfs.open_target_file(self._pid, shown, None)
+        except ProcessGone:
+            self._gone = True  # no root to read it through any more: keep what we have
+            return False
         except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False  # not written (yet): keep what was read before
             self._reporter.problem(
-                ("perf map", str(location[0]), exc.errno),
+                ("perf map", self._where(), exc.errno),
                 ("perf_map_errors",),
                 "cannot read perf map %s: %s",
-                location[0],
+                self._where(),
+                exc.strerror or exc,
+            )
+            return False
+        try:
+            return self._read(stream, st)
+        except OSError as exc:
+            self._reporter.problem(
+                ("perf map", self._where(), exc.errno),
+                ("perf_map_errors",),
+                "cannot read perf map %s: %s",
+                self._where(),
                 exc,
             )
             return False
+        finally:
+            if self._stream is not stream:
+                stream.close()
 
-    def _locate(self) -> tuple[Path, str] | None:
-        if self._location is None:
+    def _where(self) -> str:
+        return f"{self._shown} of process {self._pid}"
+
+    def _locate(self) -> str | None:
+        if self._shown is None:
             try:
                 ns_pid = namespace_pid(self._hostfs, self._pid)
             except (ProcessGone, OSError):
-                self._gone = True  # no root to read it through any more: keep what we have
+                self._gone = True
                 return None
-            shown = f"/tmp/perf-{ns_pid}.map"
-            self._location = (self._hostfs.target_path(self._pid, shown), shown)
-        return self._location
+            self._shown = f"/tmp/perf-{ns_pid}.map"
+        return self._shown
 
-    def _read(self, path: Path) -> bool:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return False  # not written (yet): keep what was read before
+    def _read(self, stream: BinaryIO, st: os.stat_result) -> bool:
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if identity == self._file or not stat.S_ISREG(st.st_mode):
+        if identity == self._file:
             return False
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            changed = False
-            if not self._appended_to(fd, st):
-                changed = bool(len(self))
-                self._reset()
-            self._file = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            end = min(st.st_size, _MAX_BYTES)
-            if st.st_size > _MAX_BYTES:
-                self._reporter.problem(
-                    ("perf map too big", str(path)),
-                    ("perf_map_errors",),
-                    "perf map %s is over %d MB: only its start is read",
-                    path,
-                    _MAX_BYTES >> 20,
-                )
-            data = os.pread(fd, end - self._offset, self._offset) if end > self._offset else b""
-        finally:
-            os.close(fd)
-        complete = data[: data.rfind(b"\n") + 1]
-        if not complete:
-            return changed
+        fd = stream.fileno()
+        changed = False
+        if not self._appended_to(fd, st):
+            changed = bool(len(self))
+            self._reset()
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = stream  # kept: names are read back from it
+        self._file = identity
         if not self._offset:
-            self._head = complete[:_HEAD_BYTES]
-        self._offset += len(complete)
-        self._add(complete)
-        return True
+            self._head = os.pread(fd, _HEAD_BYTES, 0)
+        read_lines = False
+        while self._offset < st.st_size and self._check_entries():
+            chunk = os.pread(fd, min(_CHUNK_BYTES, st.st_size - self._offset), self._offset)
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            if complete:
+                self._add(complete, self._offset)
+                self._offset += len(complete)
+                read_lines = True
+            elif len(chunk) == _CHUNK_BYTES:  # a line longer than a chunk: garbage
+                end = _next_line(fd, self._offset + len(chunk), st.st_size)
+                if end is None:
+                    break
+                self._reporter.count("perf_map_bad_lines")
+                self._offset = end
+            else:
+                break  # an unfinished last line: read once it is complete
+        self._index_recent()
+        if read_lines:
+            self._reporter.count("perf_maps_read")
+        return changed or read_lines
+
+    def _check_entries(self) -> bool:
+        """Whether there is room for more lines; warns once when there is not."""
+        entries = len(self._base) + sum(len(part[0]) for part in self._recent_parts)
+        if entries < _MAX_ENTRIES:
+            return True
+        self._reporter.problem(
+            ("perf map too big", self._where()),
+            ("perf_map_errors",),
+            "perf map %s has over %d lines: the lines after those are not read",
+            self._where(),
+            _MAX_ENTRIES,
+        )
+        return False
 
     def _appended_to(self, fd: int, st: os.stat_result) -> bool:
         """Whether the file is the one read before, grown: same inode, same first bytes,
@@ -236,35 +305,47 @@ class PerfMap:
             return False
         return os.pread(fd, 1, self._offset - 1) == b"\n"
 
-    def _add(self, chunk: bytes) -> None:
-        starts, sizes, names, garbage = parse_perf_map(chunk)
+    def _add(self, chunk: bytes, at: int) -> None:
+        starts, sizes, offsets, garbage = parse_perf_map(chunk)
         if garbage:
             self._reporter.count("perf_map_bad_lines", garbage)
-        self._reporter.count("perf_maps_read")
-        if not starts:
+        if len(starts):
+            self._recent_parts.append((starts, starts + sizes, offsets + np.uint64(at)))
+
+    def _index_recent(self) -> None:
+        if not self._recent_parts:
             return
-        new_starts = np.array(starts, dtype=np.uint64)
-        new_ends = new_starts + np.array(sizes, dtype=np.uint64)  # wraps at 2**64: harmless
-        lengths = np.fromiter(map(len, names), dtype=np.uint32, count=len(names))
-        offsets = np.zeros(len(names), dtype=np.uint64)
-        np.cumsum(lengths[:-1] + np.uint32(1), out=offsets[1:])
-        blob = np.full(len(names), len(self._blobs), dtype=np.uint32)
-        self._blobs.append(b"\0".join(names))
-        self._starts = np.concatenate((self._starts, new_starts))
-        self._ends = np.concatenate((self._ends, new_ends))
-        self._name_blob = np.concatenate((self._name_blob, blob))
-        self._name_offset = np.concatenate((self._name_offset, offsets))
-        self._name_length = np.concatenate((self._name_length, lengths))
         self._frames.clear()  # a newer entry may now cover a remembered address
-        total = len(self._starts)
-        ids = np.arange(total, dtype=np.int64)
-        if total - self._base_count > max(4096, self._base_count // 4):
+        parts = self._recent_parts
+        recent_count = sum(len(p[0]) for p in parts)
+        if recent_count > max(4096, len(self._base) // 4):
             # Fold the recent entries into the base: amortized, few sorts of the whole map.
-            self._base = RangeIndex(self._starts, self._ends, ids)
-            self._base_count, self._recent = total, _EMPTY
+            parts.insert(0, self._base.arrays())
+            self._base = self._recent = _EMPTY
+            self._base = _merged(parts)
         else:
-            tail = slice(self._base_count, None)
-            self._recent = RangeIndex(self._starts[tail], self._ends[tail], ids[tail])
+            self._recent = _merged(list(parts))
+
+
+def _merged(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> RangeIndex:
+    """One index of ``parts`` (emptied: each column is let go once it is copied)."""
+    columns = [list(column) for column in zip(*parts, strict=True)]
+    parts.clear()
+    merged = []
+    while columns:
+        merged.append(np.concatenate(columns.pop(0)))
+    return RangeIndex(*merged)
+
+
+def _next_line(fd: int, at: int, size: int) -> int | None:
+    """The offset after the next line break at or after ``at``, None if there is none yet."""
+    while at < size:
+        chunk = os.pread(fd, min(_CHUNK_BYTES, size - at), at)
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return at + newline + 1
+        at += len(chunk)
+    return None
 
 
 def namespace_pid(hostfs: HostFS, pid: int) -> int:

@@ -25,7 +25,7 @@ from rover.symbols.debug_files import DebugFiles
 from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.symbols.elf_table import ElfSymbolTable
 from rover.symbols.kallsyms import CORE_MODULE, KernelSymbols
-from rover.symbols.mapped_files import locate_mapped_file, read_vdso
+from rover.symbols.mapped_files import open_mapped_file, read_vdso
 from rover.symbols.maps import Mapping, MappingKind, parse_maps
 from rover.symbols.perf_map import PerfMap
 from rover.symbols.report import Reporter
@@ -196,16 +196,16 @@ class Symbolizer:
             return self._loaded(self._files.load(read_vdso(self._hostfs, pid, mapping), None))
         if mapping.kind is not MappingKind.FILE:
             return None  # anonymous (JIT) or [vsyscall]: nothing to read
-        path, st = locate_mapped_file(self._hostfs, pid, mapping)
-        identity = file_identity(st)
-        cached = self._files.cached(identity)
-        if cached is not None:
-            return cached
+        stream, st = open_mapped_file(self._hostfs, pid, mapping)
+        with stream:
+            identity = file_identity(st)
+            cached = self._files.cached(identity)
+            if cached is not None:
+                return cached
 
-        def find_debug(image: ElfImage) -> ElfSymbolTable | None:
-            return self._debug_files.symbols_for(image, pid, mapping.path, identity)
+            def find_debug(image: ElfImage) -> ElfSymbolTable | None:
+                return self._debug_files.symbols_for(image, pid, mapping.path, identity)
 
-        with open(path, "rb") as stream:
             return self._loaded(self._files.load(stream, identity, find_debug, mapping.path))
 
     def _loaded(self, symbols: ElfSymbols) -> ElfSymbols:

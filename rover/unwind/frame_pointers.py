@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from rover.hostfs import HostFS
 from rover.symbols.elf_file import ElfImage
-from rover.symbols.mapped_files import locate_mapped_file
+from rover.symbols.mapped_files import open_mapped_file
 from rover.symbols.maps import MappingKind, parse_maps
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,8 @@ def _biggest_library(hostfs: HostFS, pid: int) -> tuple[str, FilePointers] | Non
     if size <= main_size:
         return None
     try:
-        located, _ = locate_mapped_file(hostfs, pid, first[path])
-        with open(located, "rb") as stream:
+        stream, _ = open_mapped_file(hostfs, pid, first[path])
+        with stream:
             return os.path.basename(path), file_keeps_frame_pointers(stream)
     except OSError:
         return None

@@ -16,13 +16,13 @@ import os
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import BinaryIO
 
 from rover.hostfs import HostFS, ProcessGone
 from rover.symbols.cache import FileIdentity, KnownBadFile, file_identity
 from rover.symbols.debug_files import DebugFiles
 from rover.symbols.elf_file import ElfImage, ElfLoadError
-from rover.symbols.mapped_files import locate_mapped_file, read_vdso
+from rover.symbols.mapped_files import MAX_MAPPED_FILE, open_mapped_file, read_vdso
 from rover.symbols.maps import Mapping, MappingKind, parse_maps
 from rover.symbols.report import Reporter
 from rover.unwind.cfi_table import NO_RULE, CfiTable, Rule
@@ -187,13 +187,13 @@ class ProcessSpaces:
             return info
         if mapping.kind is not MappingKind.FILE:
             return None  # anonymous (JIT) or [vsyscall]: frame pointers only
-        path, st = self._locate(pid, mapping)
-        identity = file_identity(st)
-        cached = self.cache.cached(identity)
-        if cached is not None:
-            return cached
-        loads = self.cache.loads
-        with open(path, "rb") as stream:
+        stream, st = self._open(pid, mapping)
+        with stream:
+            identity = file_identity(st)
+            cached = self.cache.cached(identity)
+            if cached is not None:
+                return cached
+            loads = self.cache.loads
             info = self.cache.load(stream, identity, self._debug_finder(pid, mapping, identity))
         if self.cache.loads > loads:
             self.counters["cfi_files_loaded"] += self.cache.loads - loads
@@ -213,18 +213,22 @@ class ProcessSpaces:
 
         return find
 
-    def _locate(self, pid: int, mapping: Mapping) -> tuple[Path, os.stat_result]:
-        """The mapped file; after the process exited, the same inode at its path on the host."""
+    def _open(self, pid: int, mapping: Mapping) -> tuple[BinaryIO, os.stat_result]:
+        """The mapped file; after the process exited, the same file (device and inode) at
+        its path on the host."""
         try:
-            return locate_mapped_file(self.hostfs, pid, mapping)
+            return open_mapped_file(self.hostfs, pid, mapping)
         except OSError:
             if self.hostfs.exists(pid) or mapping.deleted:
                 raise
-            path = self.hostfs.host_path(mapping.path)
-            st = os.stat(path)
-            if st.st_ino != mapping.inode:
+            stream, st = self.hostfs.open_host_file(mapping.path, MAX_MAPPED_FILE)
+            if (st.st_ino, f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}") != (
+                mapping.inode,
+                mapping.dev,
+            ):
+                stream.close()
                 raise
-            return path, st
+            return stream, st
 
     def _report(self, mapping: Mapping, exc: BaseException) -> None:
         key = (mapping.dev, mapping.inode, mapping.path)
