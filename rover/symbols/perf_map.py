@@ -24,6 +24,7 @@ import os
 import posixpath
 import re
 import time
+import weakref
 from typing import BinaryIO
 
 import numpy as np
@@ -129,7 +130,10 @@ class PerfMap:
         self._shown: str | None = None  # /tmp/perf-NSPID.map, as the process names it
         self._gone = False
         self._checked = float("-inf")
-        self._stream: BinaryIO | None = None
+        # The file names are read back from: a descriptor closed with this object (or by
+        # close()), so the names outlive the process and the file.
+        self._kept: BinaryIO | None = None
+        self._release: weakref.finalize | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -177,10 +181,10 @@ class PerfMap:
 
     def _read_name(self, start: int, offset: int) -> str | None:
         """The name on the line at ``offset``, if that line still starts at ``start``."""
-        if self._stream is None:
+        if self._kept is None:
             return None
         try:
-            line = os.pread(self._stream.fileno(), _NAME_READ_BYTES, offset)
+            line = os.pread(self._kept.fileno(), _NAME_READ_BYTES, offset)
         except OSError:
             return None
         match = _LINE.match(line.split(b"\n", 1)[0])
@@ -228,8 +232,14 @@ class PerfMap:
             )
             return False
         finally:
-            if self._stream is not stream:
+            if self._kept is not stream:
                 stream.close()
+
+    def close(self) -> None:
+        """Let go of the file (names already made stay in the frames handed out)."""
+        if self._release is not None:
+            self._release()
+        self._kept = self._release = None
 
     def _where(self) -> str:
         return f"{self._shown} of process {self._pid}"
@@ -253,9 +263,8 @@ class PerfMap:
         if not self._appended_to(fd, st):
             changed = bool(len(self))
             self._reset()
-        if self._stream is not None:
-            self._stream.close()
-        self._stream = stream  # kept: names are read back from it
+        self.close()
+        self._kept, self._release = stream, weakref.finalize(self, stream.close)
         self._file = identity
         if not self._offset:
             self._head = os.pread(fd, _HEAD_BYTES, 0)

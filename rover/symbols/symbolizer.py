@@ -136,7 +136,9 @@ class Symbolizer:
         """Drop what is kept for ``pid`` (its maps); shared file tables stay."""
         with self._lock:
             self._spaces.pop(pid, None)
-            self._perf_maps.pop(pid, None)
+            perf_map = self._perf_maps.pop(pid, None)
+            if perf_map is not None:
+                perf_map.close()
 
     def _try_read_maps(self, pid: int) -> AddressSpace | None:
         try:
