@@ -66,7 +66,9 @@ def test_input_type_off_cpu_folded(tmp_path):
     assert profile.total() == 2_500_000  # microseconds in, nanoseconds kept
     back = tmp_path / "back.folded"
     assert convert(target, back).returncode == 0
-    assert back.read_text() == source.read_text()
+    # Written back with the line that says what the numbers are.
+    off_cpu = "# rover type=off-cpu value=off_cpu unit=microseconds 0\n"
+    assert back.read_text() == off_cpu + source.read_text()
 
 
 @pytest.mark.parametrize(
@@ -141,3 +143,32 @@ def test_unwritable_output_exits_1(tmp_path, hot_folded, target):
 
 def test_output_without_extension_exits_2(tmp_path, hot_folded):
     assert_clean_error(convert(hot_folded, tmp_path / "out"), 2, "no extension")
+
+
+def test_our_off_cpu_folded_says_its_unit(tmp_path):
+    from test_export_folded import off_cpu_profile
+
+    source = tmp_path / "wait.folded"
+    write_profile(off_cpu_profile(), str(source))
+    target = tmp_path / "wait.pb.gz"
+    result = convert(source, target)  # no --input-type: the file says it
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {target}: 1 distinct stacks, 2500 µs\n"
+    profile = read_profile(str(target))
+    assert profile.type is ProfileType.OFF_CPU and profile.total() == 2_500_000
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("busy;main 5\nbusy;main;work -3\n", "in.folded:2: negative count -3"),
+        (f"busy;main {2**64}\n", "in.folded:1: count 18446744073709551616 is out of range"),
+        (f"busy;main {2**62}\nbusy;work {2**62}\n", "in.folded:2: values add up to more than"),
+    ],
+)
+@pytest.mark.parametrize("target", ["out.pb.gz", "out.folded"])
+def test_counts_out_of_range_exit_2(tmp_path, content, needle, target):
+    source = tmp_path / "in.folded"
+    source.write_text(content)
+    assert_clean_error(convert(source, tmp_path / target), 2, needle, "rover convert: error:")
+    assert not (tmp_path / target).exists()

@@ -97,3 +97,28 @@ def test_bad_input_exits_2(tmp_path, inputs, args, needle):
 def test_unwritable_output_exits_1(tmp_path, inputs, target):
     (tmp_path / "taken.html").mkdir()
     assert_clean_error(diff(*inputs, "-o", tmp_path / target), 1, "cannot write", target)
+
+
+@pytest.mark.parametrize("target", ["folded", "speedscope.json"])
+def test_a_profile_and_its_conversion_compare_equal(tmp_path, inputs, target):
+    _, pprof = inputs  # with modules, which folded stacks do not keep
+    converted = tmp_path / f"converted.{target}"
+    assert rover("convert", str(pprof), str(converted)).returncode == 0
+    for before, after in ((pprof, converted), (converted, pprof)):
+        out = tmp_path / "same.html"
+        result = diff(before, after, "-o", out)
+        assert result.returncode == 0, result.stderr
+        data = page_data(out)
+        assert data["diff"]["before"] == data["diff"]["after"]
+        assert data["diff"]["beforeTotal"] == 2000
+        names = [data["frames"][i][0] for i in data["nodes"][::3]]
+        assert names.count("_start") == 1  # one subtree, not one per side
+
+
+def test_help_offers_title_for_the_html_only():
+    result = rover("diff", "--help")
+    assert result.returncode == 0
+    options = result.stdout.split("\n  --title TITLE", 1)[1]  # the option, not the usage
+    title_help = options.split("--input-type", 1)[0]
+    assert "differential flame graph" in title_help
+    assert "svg" not in title_help and "speedscope" not in title_help

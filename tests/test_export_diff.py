@@ -8,10 +8,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_export_flamegraph import HOT_NAME, kernel, user
 
-from rover.export import UnsupportedFormat, write_diff
+from rover.export import UnsupportedFormat, read_table, write_diff, write_profile
 from rover.export.diff import diff_tree
+from rover.export.stacktable import StackTable
+from rover.export.tree import build_tree
 from rover.export.values import select_value
-from rover.profile import ProcessInfo, Profile, ProfileType
+from rover.profile import Frame, FrameKind, ProcessInfo, Profile, ProfileType
 
 MAIN = (user("_start"), user("main"))
 
@@ -38,14 +40,14 @@ def by_name(tree) -> dict[str, object]:
     while pending:
         node = pending.pop()
         found.setdefault(node.name, node)
-        pending.extend(node.children.values())
+        pending.extend(node.children)
     return found
 
 
 def test_tree_is_normalized_by_totals():
     before, after = before_after()
     view = select_value(before)
-    tree = diff_tree(before, after, view, view)
+    tree = diff_tree(*map(StackTable.from_profile, (before, after)), view, view)
     assert (tree.before_total, tree.after_total) == (1000, 2000)
     nodes = by_name(tree)
     hot, cold, parse = nodes[HOT_NAME], nodes["cold_path"], nodes["parse_args"]
@@ -62,7 +64,8 @@ def test_narrow_frames_are_hidden():
     before, after = before_after()
     after.add(222, (*MAIN, user("tiny")), [1, 1])
     view = select_value(before)
-    tree = diff_tree(before, after, view, view, min_fraction=0.01)
+    tables = map(StackTable.from_profile, (before, after))
+    tree = diff_tree(*tables, view, view, min_fraction=0.01)
     assert "tiny" not in by_name(tree) and tree.hidden == 1
 
 
@@ -135,3 +138,82 @@ def test_diff_colours_and_hover(browser, tmp_path):
     assert find_frame(browser, "all").rect["y"] < find_frame(browser, HOT_NAME).rect["y"]
     screenshot(browser, "flamegraph_diff_icicle.png")
     assert page_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_noise_stays_nearly_neutral(browser, tmp_path):
+    # hot 80% -> 75% (-6% of itself, the largest change in points), cold 15% -> 16% (+6%),
+    # parse_args 5% -> 9% (+80%: nearly doubled)
+    before, after = run(800, 150, 50), run(750, 160, 90, pid=222)
+    path = tmp_path / "noise.html"
+    write_diff(before, after, str(path))
+    open_page(browser, path)
+    for name in (HOT_NAME, "cold_path"):
+        rgb = background(find_frame(browser, name))
+        assert max(rgb) - min(rgb) < 40 and min(rgb) > 180, (name, rgb)  # nearly white
+    assert reddish(background(find_frame(browser, "parse_args")))
+    screenshot(browser, "flamegraph_diff_noise.png")
+    assert page_errors(browser) == []
+
+
+# --- the same profile in another format compares equal ---------------------------------
+
+READABLE = ("folded", "pb.gz", "speedscope.json")
+
+
+def mixed_profile(profile_type: ProfileType) -> Profile:
+    """What real profiles hold: modules, files, build ids, kernel modules, frames without a
+    symbol or a name, two processes of the same name, one without a name, odd names."""
+    profile = Profile.new(profile_type, duration_ns=10_000_000_000)
+    for pid in (100, 101):
+        profile.processes[pid] = ProcessInfo(pid, "busy")
+    start = (Frame("_start", FrameKind.USER, "busy", True, "/opt/busy", "ab12"),
+             Frame("main", FrameKind.USER, "busy", True, "/opt/busy", "ab12"))  # fmt: skip
+    libc = Frame("write", FrameKind.USER, "libc.so.6", True, "/usr/lib/libc.so.6")
+    stacks = [
+        (100, (*start, user(HOT_NAME)), [700, 2_500_999]),
+        (101, (*start, user(HOT_NAME)), [100, 999]),  # merges with pid 100's by name
+        (
+            100,
+            (
+                *start,
+                libc,
+                kernel("ksys_write"),
+                Frame("nft_do_chain", FrameKind.KERNEL, "nf_tables"),
+            ),
+            [150, 7_000_000],
+        ),
+        (100, (*start, Frame("busy+0x1234", FrameKind.USER, "busy", False, "/opt/busy")), [30, 1]),
+        (100, (*start, Frame("", FrameKind.USER, "busy", True)), [5, 40_000]),
+        (100, (*start, user("odd;name with spaces")), [10, 5_000]),
+        (4242, (user("no_process_info"),), [5, 3_000]),
+    ]
+    for pid, frames, values in stacks:
+        profile.add(pid, frames, values)
+    return profile
+
+
+def all_nodes(tree) -> list:
+    found, pending = [], [tree.root]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        pending.extend(node.children)
+    return found
+
+
+@pytest.mark.parametrize("profile_type", list(ProfileType))
+@pytest.mark.parametrize("target", READABLE)
+@pytest.mark.parametrize("source", READABLE)
+def test_a_converted_profile_diffs_as_equal(tmp_path, profile_type, source, target):
+    first, second = tmp_path / f"first.{source}", tmp_path / f"second.{target}"
+    write_profile(mixed_profile(profile_type), str(first))
+    write_profile(read_table(str(first)), str(second))  # what `rover convert` does
+    before, after = read_table(str(first)), read_table(str(second))
+    view = select_value(before.header)
+    tree = diff_tree(before, after, view, select_value(after.header, view.name), min_fraction=0)
+    nodes = all_nodes(tree)
+    assert tree.before_total == tree.after_total > 0
+    assert [(n.name, n.before) for n in nodes if n.before != n.after] == []
+    # one node per frame: no subtree of one side left alone
+    assert len(nodes) == len(all_nodes(build_tree(before, view, min_fraction=0)))

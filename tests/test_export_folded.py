@@ -9,13 +9,15 @@ import pytest
 
 import rover.export.atomic
 from rover.export import (
+    CorruptProfile,
     UnsupportedFormat,
     format_for_path,
     read_folded,
     read_profile,
+    read_table,
     write_profile,
 )
-from rover.export.folded import parse_folded
+from rover.export.folded import folded_table, parse_folded
 from rover.profile import Frame, FrameKind, ProcessInfo, Profile, ProfileType
 
 
@@ -88,13 +90,17 @@ def test_cpu_value_is_nanoseconds(tmp_path):
 def test_off_cpu_default_is_microseconds(tmp_path):
     text = write_and_read(off_cpu_profile(), tmp_path / "p.folded")
     # The sub-microsecond stack rounds down to 0 and is left out.
-    assert text == "sleeper;main;nanosleep;do_nanosleep_[k];schedule_[k] 2500\n"
+    assert text == (
+        "# rover type=off-cpu value=off_cpu unit=microseconds 0\n"
+        "sleeper;main;nanosleep;do_nanosleep_[k];schedule_[k] 2500\n"
+    )
     assert write_and_read(off_cpu_profile(), tmp_path / "q.folded", value="off_cpu") == text
 
 
 def test_off_cpu_switches(tmp_path):
     text = write_and_read(off_cpu_profile(), tmp_path / "p.folded", value="switches")
     assert text == (
+        "# rover type=off-cpu value=switches unit=count 0\n"
         "sleeper;main;nanosleep;do_nanosleep_[k];schedule_[k] 3\n"
         "sleeper;main;read;schedule_[k] 12\n"
     )
@@ -278,3 +284,107 @@ def test_file_mode_like_open_and_kept_on_overwrite(tmp_path):
     path.chmod(0o640)
     write_profile(on_cpu_profile(), str(path))
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+# --- counts out of range --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "needle"),
+    [
+        ("-5", "x.folded:2: negative count -5"),
+        (str(2**63), "x.folded:2: count 9223372036854775808 is out of range"),
+        ("1" * 5000, "x.folded:2: count 11111"),  # beyond int()'s digit limit
+    ],
+)
+def test_counts_out_of_range_name_the_line(count, needle):
+    lines = ["a;b 1\n", f"a;c {count}\n"]
+    with pytest.raises(CorruptProfile, match=needle) as error:
+        parse_folded(lines, source="x.folded")
+    assert "\n" not in str(error.value) and len(str(error.value)) < 300
+    with pytest.raises(CorruptProfile, match=needle):
+        folded_table(lines, source="x.folded")
+
+
+def test_total_beyond_int64_names_the_line():
+    half = str(2**62)
+    lines = [f"a;b {half}\n", f"a;c {half}\n"]
+    with pytest.raises(CorruptProfile, match=r"x\.folded:2: values add up to more than"):
+        folded_table(lines, source="x.folded")
+    # Off-CPU microseconds are kept as nanoseconds: the limit is 1000 times lower.
+    micros = [f"a;b {2**63 // 1000 + 1}\n"]
+    with pytest.raises(CorruptProfile, match=r"x\.folded:1: values add up"):
+        folded_table(micros, source="x.folded", profile_type=ProfileType.OFF_CPU)
+
+
+def test_non_ascii_digits_are_not_counts():
+    with pytest.raises(CorruptProfile, match=":1: expected"):
+        parse_folded(["a;b \u0663\n"])  # ARABIC-INDIC DIGIT THREE, which int() accepts
+
+
+# --- what the numbers are ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "value", "line"),
+    [
+        (on_cpu_profile, None, None),  # sample counts: the folded default, no line
+        (on_cpu_profile, "cpu", "# rover type=on-cpu value=cpu unit=nanoseconds 0"),
+        (off_cpu_profile, None, "# rover type=off-cpu value=off_cpu unit=microseconds 0"),
+        (off_cpu_profile, "switches", "# rover type=off-cpu value=switches unit=count 0"),
+    ],
+)
+def test_value_line_says_what_the_numbers_are(tmp_path, make, value, line):
+    path = tmp_path / "p.folded"
+    text = write_and_read(make(), path, value=value)
+    assert text.startswith(line + "\n") if line else not text.startswith("#")
+    back = read_profile(str(path))  # no --input-type needed
+    assert back.type is make().type
+    [value_type] = back.value_types
+    assert value_type.type == (value or ("samples" if make is on_cpu_profile else "off_cpu"))
+    # read back, written again: the same file
+    assert write_and_read(back, tmp_path / "again.folded") == text
+
+
+def test_value_line_wins_over_the_input_type(tmp_path):
+    path = tmp_path / "off.folded"
+    write_profile(off_cpu_profile(), str(path))
+    back = read_profile(str(path), ProfileType.ON_CPU)
+    assert back.type is ProfileType.OFF_CPU and back.total() == 2_500_000
+
+
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        (["# rover type=gpu value=x unit=count 0\n"], ":1: unreadable value line"),
+        (["# rover type=on-cpu value=x unit=count 3\n"], ":1: unreadable value line"),
+        (
+            ["a;b 1\n", "# rover type=off-cpu value=off_cpu unit=microseconds 0\n"],
+            ":2: .* contradicts what the lines before it are",
+        ),
+    ],
+)
+def test_bad_value_lines(lines, needle):
+    with pytest.raises(CorruptProfile, match=needle):
+        folded_table(lines, source="x.folded")
+
+
+def test_lines_are_sorted_as_text(tmp_path):
+    """As `sort` gives them (inferno-flamegraph --no-sort checks it): "f;x" after "f.cold"."""
+    profile = Profile.new(ProfileType.ON_CPU)
+    for names in (("f", "x"), ("f.cold",), ("f2",), ("f",), ("f x",), ("f", "x", "y")):
+        profile.add(1, tuple(user(n) for n in names), [1, 1])
+    lines = write_and_read(profile, tmp_path / "p.folded").splitlines()
+    assert lines == sorted(lines) and len(lines) == 6
+
+
+@pytest.mark.parametrize("extension", ["folded", "html", "svg", "pb.gz", "speedscope.json"])
+def test_stacks_without_frames(tmp_path, extension):
+    """A line of one field is a process without frames (all of them, here)."""
+    source = tmp_path / "in.folded"
+    source.write_text("idle 5\nbusy 3\n")
+    table = read_table(str(source))
+    write_profile(table, str(tmp_path / f"out.{extension}"))
+    assert read_table(str(source)).totals == [8]
+    if extension == "folded":
+        assert (tmp_path / "out.folded").read_text() == "busy 3\nidle 5\n"

@@ -6,6 +6,7 @@ import gzip
 import os
 import re
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from test_export_flamegraph import HOT_NAME, hot_profile, kernel, user
 from workloads.build import cache_dir
 
 from rover.export import CorruptProfile, read_profile, write_profile
+from rover.export import pprof as pprof_module
 from rover.export.pprof import parse_pprof
 from rover.export.pprof_pb import profile_pb2 as pb
 from rover.profile import Frame, FrameKind, ProcessInfo, Profile, ProfileType
@@ -324,6 +326,12 @@ def corrupted(change) -> bytes:
         (corrupted(lambda m: setattr(m.location[0], "mapping_id", 4)), "missing mapping"),
         (corrupted(lambda m: m.location.add(id=2).line.add(function_id=7)), None),
         (corrupted(lambda m: m.string_table.__setitem__(0, "x")), "no string table"),
+        (corrupted(lambda m: m.sample.add(location_id=[1], value=[-5])), "negative value -5"),
+        (
+            corrupted(lambda m: m.sample.add(location_id=[1], value=[2**63 - 1])),
+            "sample 1: values add up to more than 9,223,372,036,854,775,807",
+        ),
+        (valid_message().SerializeToString()[:-1], "not a pprof profile: a field at byte"),
     ],
 )
 def test_corrupt_input_is_named(data, needle):
@@ -374,3 +382,37 @@ def test_rover_profile_writes_pprof_go_reads(workloads, spawn, tmp_path):
     assert strings[message.mapping[0].filename] == main
     assert message.period == 1_000_000_000 // 99
     assert "PeriodType: cpu nanoseconds\n" in go_pprof(tmp_path, "-raw", str(out))
+
+
+# --- size limit ------------------------------------------------------------------------
+
+
+def gzipped_zeros(size: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(2**20)
+    parts = [compressor.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join([*parts, compressor.flush()])
+
+
+def test_gzip_bomb_is_refused_before_it_is_kept(monkeypatch):
+    monkeypatch.setattr(pprof_module, "MAX_PPROF_BYTES", 8 * 2**20)
+    message = "bomb.pb.gz decompresses to more than 8 MiB, rover's limit for a pprof profile"
+    with pytest.raises(CorruptProfile, match=message):
+        parse_pprof(gzipped_zeros(64 * 2**20), source="bomb.pb.gz")
+
+
+def test_uncompressed_profile_over_the_limit_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(pprof_module, "MAX_PPROF_BYTES", 1000)
+    path = tmp_path / "big.pprof"
+    path.write_bytes(bytes(1001))
+    with pytest.raises(CorruptProfile, match="big.pprof is larger than 0 MiB"):
+        read_profile(str(path))
+    path.write_bytes(gzip.compress(valid_message().SerializeToString()))
+    assert read_profile(str(path)).total() == 5  # under the limit
+
+
+def test_several_gzip_members_are_one_profile():
+    encoded = valid_message().SerializeToString()
+    middle = len(encoded) // 2
+    data = gzip.compress(encoded[:middle]) + gzip.compress(encoded[middle:])
+    assert parse_pprof(data).total() == 5

@@ -28,6 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_export_flamegraph import HOT_NAME, hot_profile, kernel, user
 
 from rover.export import CorruptProfile, read_profile, write_profile
+from rover.export import speedscope as speedscope_module
 from rover.export.speedscope import SCHEMA, parse_speedscope
 from rover.profile import Frame, FrameKind, ProcessInfo, Profile, ProfileType
 
@@ -238,6 +239,12 @@ def test_other_tools_files_and_evented_profiles():
          "closed"),
         (f'{{"$schema": "{SCHEMA}", "shared": {{"frames": []}}, "profiles": [{{"unit": "none", '
          '"type": "flat"}]}', "'flat'"),
+        (f'{{"$schema": "{SCHEMA}", "shared": {{"frames": [{{"name": "a"}}]}}, "profiles": ['
+         '{"unit": "none", "type": "sampled", "samples": [[0]], "weights": [-5]}]}',
+         "profile 0: negative weight -5"),
+        (f'{{"$schema": "{SCHEMA}", "shared": {{"frames": [{{"name": "a"}}]}}, "profiles": ['
+         '{"unit": "seconds", "type": "sampled", "samples": [[0]], "weights": [1e12]}]}',
+         "profile 0: values add up to more than"),
     ],
 )  # fmt: skip
 def test_corrupt_input_is_named(text, needle):
@@ -245,6 +252,21 @@ def test_corrupt_input_is_named(text, needle):
         parse_speedscope(text, source="bad.speedscope.json")
     assert str(error.value).startswith("bad.speedscope.json: ")
     assert "\n" not in str(error.value)
+
+
+def test_file_over_the_limit_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(speedscope_module, "MAX_SPEEDSCOPE_CHARS", 2**20)
+    path = tmp_path / "big.speedscope.json"
+    path.write_text(" " * (2**20 + 1))
+    with pytest.raises(CorruptProfile, match="big.speedscope.json is larger than 1 MiB"):
+        read_profile(str(path))
+
+
+def test_rovers_own_file_says_its_type_whatever_the_input_type(tmp_path):
+    path = tmp_path / "hot.speedscope.json"
+    write_profile(hot_profile(), str(path))
+    back = read_profile(str(path), ProfileType.OFF_CPU)
+    assert back.type is ProfileType.ON_CPU and back.value_types[0].type == "samples"
 
 
 # --- speedscope opens what we write ----------------------------------------------------
@@ -283,6 +305,23 @@ def test_speedscope_opens_our_pprof(browser, served):
     assert browser.title == "hot.pb.gz - speedscope"
     assert rows[:3] == ["800 (80%)", "740 (74%)", HOT_NAME]
     screenshot(browser, "speedscope_pprof.png")
+
+
+@pytest.mark.browser
+def test_speedscope_opens_our_off_cpu_folded(browser, served):
+    """The line saying what the numbers are is a zero-count stack to speedscope: ignored."""
+    base, directory = served
+    profile = Profile.new(ProfileType.OFF_CPU)
+    profile.processes[7] = ProcessInfo(7, "sleeper")
+    profile.add(7, (user("main"), user("nanosleep"), kernel("schedule")), [4, 3_000_000])
+    profile.add(7, (user("main"), user("read"), kernel("schedule")), [96, 1_000_000])
+    write_profile(profile, str(directory / "wait.folded"))
+    assert (directory / "wait.folded").read_text().startswith("# rover type=off-cpu ")
+    rows = open_in_speedscope(browser, base, "wait.folded")
+    names = rows[2::3]
+    assert sorted(names) == ["main", "nanosleep", "read", "schedule_[k]", "sleeper"], rows
+    assert rows[:3] == ["4,000 (100%)", "4,000 (100%)", "schedule_[k]"]  # µs, nothing else
+    screenshot(browser, "speedscope_folded.png")
 
 
 # --- a real profile -------------------------------------------------------------------

@@ -5,16 +5,27 @@ folded stacks (``.folded``, ``.txt``), a self-contained HTML flame graph
 (``.html``, ``.htm``), an SVG flame graph (``.svg``), pprof (``.pb.gz``,
 ``.pprof``) or speedscope JSON (``.speedscope.json``). Files are written
 atomically. Folded, pprof and speedscope files can be read back.
+
+Files are read into a :class:`~rover.export.stacktable.StackTable` (stacks
+aggregated, frames interned) and every writer streams from one, so converting
+a big file takes memory in proportion to its distinct stacks, not to its
+lines, and an output is never built whole in memory (flame graphs keep only
+the frames wide enough to draw). pprof and speedscope inputs are parsed whole
+and have a size limit (:data:`~rover.export.pprof.MAX_PPROF_BYTES`,
+:data:`~rover.export.speedscope.MAX_SPEEDSCOPE_CHARS`).
 """
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
+from typing import BinaryIO, TextIO
 
 from rover.export.atomic import write_atomic
 from rover.export.diff import render_diff_html
 from rover.export.flamegraph import render_html
-from rover.export.folded import parse_folded, profile_from_folded, read_folded, render_folded
+from rover.export.folded import folded_table, read_folded, write_folded
 from rover.export.formats import (
     FOLDED,
     HTML,
@@ -24,26 +35,33 @@ from rover.export.formats import (
     format_for_path,
     readable_format_for_path,
 )
-from rover.export.pprof import parse_pprof, render_pprof
+from rover.export.pprof import read_pprof, write_pprof
 from rover.export.readback import CorruptProfile
-from rover.export.speedscope import parse_speedscope, render_speedscope
+from rover.export.speedscope import read_speedscope, write_speedscope
+from rover.export.stacktable import StackTable
 from rover.export.svg import render_svg
-from rover.export.values import select_value
+from rover.export.values import ValueView, select_value
 from rover.profile import Profile, ProfileType
 
 __all__ = [
     "CorruptProfile",
+    "StackTable",
     "UnsupportedFormat",
     "format_for_path",
     "read_folded",
     "read_profile",
+    "read_table",
     "write_diff",
     "write_profile",
 ]
 
 
 def write_profile(
-    profile: Profile, path: str, *, value: str | None = None, title: str | None = None
+    profile: Profile | StackTable,
+    path: str,
+    *,
+    value: str | None = None,
+    title: str | None = None,
 ) -> None:
     """Write ``profile`` to ``path`` in the format its extension names.
 
@@ -54,25 +72,39 @@ def write_profile(
     unwritable path propagates unchanged, and no partial file is left behind.
     """
     fmt = format_for_path(path)
-    view = select_value(profile, value)
+    table = _as_table(profile)
+    view = select_value(table.header, value)
+    write_atomic(os.fspath(path), _writer(fmt, table, view, title))
+
+
+def _writer(
+    fmt: str, table: StackTable, view: ValueView, title: str | None
+) -> Callable[[BinaryIO], None]:
     if fmt == PPROF:
-        data = render_pprof(profile, view)
-    else:
-        if fmt == FOLDED:
-            text = render_folded(profile, view)
-        elif fmt == HTML:
-            text = render_html(profile, view, title)
-        elif fmt == SPEEDSCOPE:
-            text = render_speedscope(profile, view, title)
-        else:
-            text = render_svg(profile, view, title)
-        data = text.encode("utf-8", "backslashreplace")
-    write_atomic(os.fspath(path), data)
+        return lambda f: write_pprof(table, view, f)
+    if fmt == FOLDED:
+        return _text(lambda out: write_folded(table, view, out))
+    if fmt == SPEEDSCOPE:
+        return _text(lambda out: write_speedscope(table, view, out, title))
+    render = render_html if fmt == HTML else render_svg
+    return _text(lambda out: out.write(render(table, view, title)))
+
+
+def _text(write: Callable[[TextIO], object]) -> Callable[[BinaryIO], None]:
+    """A binary writer from a text one: UTF-8, names that are not valid Unicode escaped."""
+
+    def write_binary(f: BinaryIO) -> None:
+        out = io.TextIOWrapper(f, encoding="utf-8", errors="backslashreplace", newline="\n")
+        write(out)
+        out.flush()
+        out.detach()  # the caller closes the file
+
+    return write_binary
 
 
 def write_diff(
-    before: Profile,
-    after: Profile,
+    before: Profile | StackTable,
+    after: Profile | StackTable,
     path: str,
     *,
     value: str | None = None,
@@ -91,14 +123,15 @@ def write_diff(
             f"a differential flame graph is an HTML page: {os.fspath(path)!r} must end in .html"
         )
     old, new = names[0] or "before", names[1] or "after"
+    before, after = _as_table(before), _as_table(after)
     if before.type is not after.type:
         raise ValueError(
             f"cannot compare an {before.type.value} profile ({old}) "
             f"with an {after.type.value} one ({new})"
         )
-    view = select_value(before, value)
+    view = select_value(before.header, value)
     try:
-        after_view = select_value(after, view.name)
+        after_view = select_value(after.header, view.name)
     except ValueError as exc:
         raise ValueError(f"{new}: {exc}") from None
     if (view.unit, view.divisor) != (after_view.unit, after_view.divisor):
@@ -109,26 +142,33 @@ def write_diff(
     write_atomic(os.fspath(path), page.encode("utf-8", "backslashreplace"))
 
 
-def read_profile(path: str, profile_type: ProfileType | None = None) -> Profile:
-    """Read a folded, pprof or speedscope file (by its extension) into a profile.
+def _as_table(profile: Profile | StackTable) -> StackTable:
+    return profile if isinstance(profile, StackTable) else StackTable.from_profile(profile)
+
+
+def read_table(path: str, profile_type: ProfileType | None = None) -> StackTable:
+    """Read a folded, pprof or speedscope file (by its extension) into a table.
 
     ``profile_type`` says what a file's bare numbers measure when the file does
-    not say (folded stacks, other tools' speedscope files); default on-CPU.
+    not say (other tools' folded stacks and speedscope files); default on-CPU.
     Raises UnsupportedFormat for other extensions, CorruptProfile (a
-    ValueError) for content that is not what the extension promises, and
-    OSError when the file cannot be read.
+    ValueError) for content that is not what the extension promises or is out
+    of range, and OSError when the file cannot be read.
     """
     fmt = readable_format_for_path(path)
     path = os.fspath(path)
     if fmt == PPROF:
         with open(path, "rb") as f:
-            return parse_pprof(f.read(), source=path)
+            return read_pprof(f, source=path)
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            if fmt == SPEEDSCOPE:
+                return read_speedscope(f, source=path, profile_type=profile_type)
+            return folded_table(f, source=path, profile_type=profile_type)
     except UnicodeDecodeError as exc:
         raise CorruptProfile(f"{path}: not a {fmt} file: not UTF-8 text ({exc.reason})") from None
-    if fmt == SPEEDSCOPE:
-        return parse_speedscope(text, source=path, profile_type=profile_type)
-    stacks = parse_folded(text.splitlines(), source=path)
-    return profile_from_folded(stacks, profile_type or ProfileType.ON_CPU)
+
+
+def read_profile(path: str, profile_type: ProfileType | None = None) -> Profile:
+    """Like :func:`read_table`, as a :class:`Profile` (for small files)."""
+    return read_table(path, profile_type).to_profile()

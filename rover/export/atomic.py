@@ -6,21 +6,28 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory.
 
-    The rename is atomic only within one file system, hence the same directory.
-    On any failure the temporary file is removed and the error propagates as is
-    (an unwritable path raises OSError for the caller to report).
+    ``data`` is the bytes, or a function that writes them to the file it is
+    given (so big outputs are streamed, never whole in memory). The rename is
+    atomic only within one file system, hence the same directory. On any
+    failure the temporary file is removed and the error propagates as is (an
+    unwritable path raises OSError for the caller to report).
     """
     directory = os.path.dirname(os.path.abspath(path))
     mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())

@@ -1,22 +1,39 @@
 """Differential flame graphs: what grew and what shrank between two profiles.
 
-Both profiles are merged into one tree (processes matched by name, frames by
-name and module, as in one flame graph). Values are **normalized by totals**:
-a frame's "before" and "after" are compared as shares of their own profile's
-total, so a 10-second profile compares with a 60-second one, and the change is
-in percentage points of the total (``+12.5 pp``). A frame is as wide as its
-before share plus its after share, so frames that vanished or appeared stay
-visible; its colour goes from neutral to red (grew) or blue (shrank) in
-proportion to its change, the largest change being fully saturated.
+Both profiles are merged into one tree. **Matching**: processes by name, frames
+by name and kind (user, kernel, no symbol), as folded stacks write them; the
+module is not compared, because folded stacks do not keep it (a profile read
+from a ``.folded`` file then compares with the ``.pb.gz`` of the same run),
+and a function of the same name under the same callers is the same code.
+
+Values are **normalized by totals**: a frame's "before" and "after" are
+compared as shares of their own profile's total, so a 10-second profile
+compares with a 60-second one, and the change is in percentage points of the
+total (``+12.5 pp``). A frame is as wide as its before share plus its after
+share, so frames that vanished or appeared stay visible.
+
+**Colour** (see :data:`SATURATION`): white-ish when the frame's share did not
+change, towards red when it grew and blue when it shrank, by how much it
+changed relative to itself, ``(after - before) / max(before, after)``: fully
+coloured from a doubling or a halving (and for frames that appeared or
+vanished), a 7% change only tinted. flamegraph.pl scales by the largest
+change in the graph instead, so noise is fully coloured when nothing changed.
+
+The tree is built from both profiles' sorted stacks as one merged stream (see
+:mod:`rover.export.tree`), so memory is bounded by what is drawn.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from rover.export.flamegraph import render_page
-from rover.export.names import UNKNOWN, process_name
+from rover.export.names import UNKNOWN, folded_name
 from rover.export.palette import DIFF_COLORS, DIFF_LEGEND, MATCH_COLOR, frame_color, rgb_hex
+from rover.export.stacktable import StackTable
 from rover.export.summary import (
     SummaryItem,
     default_title,
@@ -26,14 +43,18 @@ from rover.export.summary import (
 )
 from rover.export.tree import (
     DEFAULT_MIN_FRACTION,
-    PROCESS,
     ROOT,
+    PathFolder,
     collector_paused,
     frame_category,
-    frame_key,
+    table_label,
 )
 from rover.export.values import ValueView
-from rover.profile import Frame, Profile
+from rover.profile import Frame
+
+# The relative change of a frame, (after - before) / max(before, after), at
+# which its colour is full: a doubling (+50%) or a halving (-50%).
+SATURATION = 0.5
 
 
 @dataclass(slots=True)
@@ -45,26 +66,10 @@ class DiffNode:
     module: str = ""
     before: int = 0
     after: int = 0
-    # keyed as FlameNode's children: frame_key(frame), or the name for processes
-    children: dict[tuple[str, str, bool, bool] | str, DiffNode] = field(default_factory=dict)
-
-    def process_child(self, name: str) -> DiffNode:
-        node = self.children.get(name)
-        if node is None:
-            node = self.children[name] = DiffNode(name, PROCESS)
-        return node
-
-    def frame_child(self, frame: Frame) -> DiffNode:
-        key = frame_key(frame)
-        node = self.children.get(key)
-        if node is None:
-            node = self.children[key] = DiffNode(
-                frame.name or UNKNOWN, frame_category(frame), frame.module
-            )
-        return node
+    children: list[DiffNode] = field(default_factory=list)  # sorted by name
 
     def sorted_children(self) -> list[DiffNode]:
-        return sorted(self.children.values(), key=lambda n: (n.name, n.category, n.module))
+        return self.children
 
 
 @dataclass(slots=True)
@@ -86,56 +91,78 @@ class DiffTree:
         return before + after
 
     def change(self, node: DiffNode) -> float:
+        """The change of the node's share, in fractions of the total (-0.5: -50 pp)."""
         before, after = self.share(node)
         return after - before
 
+    def relative_change(self, node: DiffNode) -> float:
+        """The change relative to the node's larger share: -1 (vanished) to +1 (new)."""
+        before, after = self.share(node)
+        larger = max(before, after)
+        return (after - before) / larger if larger else 0.0
 
-def _add(root: DiffNode, profile: Profile, view: ValueView, after: bool) -> None:
-    """Add every stack of ``profile`` to one side of the tree, as build_tree does."""
-    for key, values in profile:
-        value = view.of(values)
-        if value <= 0:
-            continue
-        node = root.process_child(process_name(profile, key.pid))
-        path = [root, node]
-        for frame in key.frames:
-            node = node.frame_child(frame)
-            path.append(node)
-        if after:
-            for node in path:
-                node.after += value
-        else:
-            for node in path:
-                node.before += value
+
+def match_key(frame: Frame) -> tuple[str, str]:
+    """What makes frames of the two profiles the same node: the folded name and the kind."""
+    return (folded_name(frame.name or UNKNOWN), frame_category(frame))
+
+
+def _shared_ranks(
+    before: StackTable, after: StackTable
+) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    """(frame ranks, process ranks) of each table in one shared order of match keys."""
+    frame_keys = [list(map(match_key, t.frames)) for t in (before, after)]
+    process_keys = [[folded_name(t.process_name(pid)) for pid in t.pids] for t in (before, after)]
+    frame_rank = {key: i for i, key in enumerate(sorted({*frame_keys[0], *frame_keys[1]}))}
+    process_rank = {key: i for i, key in enumerate(sorted({*process_keys[0], *process_keys[1]}))}
+    return tuple(  # type: ignore[return-value]
+        ([frame_rank[k] for k in frames], [process_rank[k] for k in processes])
+        for frames, processes in zip(frame_keys, process_keys, strict=True)
+    )
 
 
 def diff_tree(
-    before: Profile,
-    after: Profile,
+    before: StackTable,
+    after: StackTable,
     before_view: ValueView,
     after_view: ValueView,
     min_fraction: float = DEFAULT_MIN_FRACTION,
 ) -> DiffTree:
     """Both profiles in one tree; frames narrower than ``min_fraction`` of it are left out.
 
-    Pruning waits until both are in: a frame too narrow in one profile may be
-    wide in the other, and its small side still counts.
+    A frame too narrow in one profile may be wide in the other: a node is
+    judged on both of its shares together, once both profiles' stacks under
+    it have been merged.
     """
-    tree = DiffTree(DiffNode("all", ROOT))
+    views = (before_view, after_view)
+    tables = (before, after)
+    columns = [t.values[v.index] for t, v in zip(tables, views, strict=True)]
+    totals = [v.total(c) for v, c in zip(views, columns, strict=True)]
+    tree = DiffTree(DiffNode("all", ROOT), totals[0], totals[1])
+    limit = (bool(totals[0]) + bool(totals[1])) * min_fraction
+
+    def keep(values: list[int]) -> bool:
+        return sum(v / t for v, t in zip(values, totals, strict=True) if t) >= limit
+
+    folder = PathFolder(2, table_label, keep, _diff_node)
+    streams = []
+    for side, (table, ranks) in enumerate(zip(tables, _shared_ranks(before, after), strict=True)):
+        order, keys = table.sorted_keys(*ranks)
+        streams.append(zip(keys, repeat(side), order, strict=False))
     with collector_paused():
-        _add(tree.root, before, before_view, after=False)
-        _add(tree.root, after, after_view, after=True)
-        tree.before_total, tree.after_total = tree.root.before, tree.root.after
-        limit = tree.weight(tree.root) * min_fraction
-        pending = [tree.root]
-        while pending:
-            node = pending.pop()
-            narrow = [key for key, child in node.children.items() if tree.weight(child) < limit]
-            for key in narrow:
-                del node.children[key]
-            tree.hidden += len(narrow)
-            pending.extend(node.children.values())
+        for key, side, index in heapq.merge(*streams):
+            value = columns[side][index] // views[side].divisor
+            if value > 0:
+                folder.add(key, tables[side], tables[side].ids(index), side, value)
+        values, children, tree.hidden = folder.finish()
+    tree.root.before, tree.root.after = values
+    tree.root.children = children
     return tree
+
+
+def _diff_node(label: object, values: list[int], children: list) -> DiffNode:
+    name, category, module = label  # type: ignore[misc]
+    return DiffNode(name, category, module, values[0], values[1], children)
 
 
 def diff_data(tree: DiffTree, view: ValueView) -> dict:
@@ -145,7 +172,6 @@ def diff_data(tree: DiffTree, view: ValueView) -> dict:
     nodes: list[int | float] = []
     before: list[int] = []
     after: list[int] = []
-    max_change = 0.0
     pending: list[tuple[DiffNode, int]] = [(tree.root, 0)]
     while pending:
         node, depth = pending.pop()
@@ -157,9 +183,7 @@ def diff_data(tree: DiffTree, view: ValueView) -> dict:
         nodes += (index, round(tree.weight(node), 9), depth)
         before.append(node.before)
         after.append(node.after)
-        if node.category != ROOT:
-            max_change = max(max_change, abs(tree.change(node)))
-        pending.extend((child, depth + 1) for child in reversed(node.sorted_children()))
+        pending.extend((child, depth + 1) for child in reversed(node.children))
     return {
         "frames": frames,
         "nodes": nodes,
@@ -171,7 +195,7 @@ def diff_data(tree: DiffTree, view: ValueView) -> dict:
             "after": after,
             "beforeTotal": tree.before_total,
             "afterTotal": tree.after_total,
-            "maxChange": max_change,
+            "saturation": SATURATION,
             "colors": {name: list(rgb) for name, rgb in DIFF_COLORS.items()},
         },
     }
@@ -181,7 +205,7 @@ def diff_summary(
     tree: DiffTree,
     view: ValueView,
     names: tuple[str, str],
-    durations: tuple[int, int],
+    durations: Sequence[int],
 ) -> list[SummaryItem]:
     items = []
     for label, name, total, duration in zip(
@@ -192,15 +216,16 @@ def diff_summary(
         if duration:
             text += f" in {format_duration_ns(duration)}"
         items.append(SummaryItem(label, text))
-    items.append(SummaryItem("Compared", "as shares of each profile's total"))
+    items.append(SummaryItem("Compared", "as shares of each profile's total; frames by name"))
+    items.append(SummaryItem("Colour", f"full at a ±{SATURATION:.0%} change of a frame's share"))
     if tree.hidden:
         items.append(SummaryItem("Hidden", f"{format_count(tree.hidden)} narrow frames"))
     return items
 
 
 def render_diff_html(
-    before: Profile,
-    after: Profile,
+    before: StackTable,
+    after: StackTable,
     view: ValueView,
     *,
     after_view: ValueView | None = None,
@@ -211,9 +236,10 @@ def render_diff_html(
     """A differential flame graph of ``after`` against ``before`` (same value in both)."""
     tree = diff_tree(before, after, view, after_view or view, min_fraction)
     legend = [(kind, label, rgb_hex(DIFF_COLORS[kind])) for kind, label in DIFF_LEGEND]
+    durations = (before.header.duration_ns, after.header.duration_ns)
     return render_page(
-        title or f"Differential {default_title(after)}",
-        diff_summary(tree, view, names, (before.duration_ns, after.duration_ns)),
+        title or f"Differential {default_title(after.header)}",
+        diff_summary(tree, view, names, durations),
         legend,
         diff_data(tree, view),
     )

@@ -2,8 +2,9 @@
 
 The merged call tree is embedded as compact JSON and laid out by the script in
 ``assets/flamegraph.js``. Frames narrower than ``min_fraction`` of the total
-are left out (see :func:`rover.export.tree.prune`), so the file size depends on
-the shape of the profile, not on the number of samples.
+are left out while the tree is built (see :mod:`rover.export.tree`), so the
+file size and the memory used depend on the shape of the profile, not on the
+number of stacks.
 
 Hooks that tests and people can rely on: ``#title``, ``#summary``, ``#legend``,
 ``#reset-zoom``, ``#invert`` (flame/icicle toggle, ``aria-pressed``), ``#search``,
@@ -23,10 +24,10 @@ import re
 from importlib import resources
 
 from rover.export.palette import LEGEND, MATCH_COLOR, frame_color, legend_color
+from rover.export.stacktable import StackTable
 from rover.export.summary import SummaryItem, default_title, summary_items
 from rover.export.tree import DEFAULT_MIN_FRACTION, FlameNode, FlameTree, build_tree
 from rover.export.values import ValueView
-from rover.profile import Profile
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
@@ -68,16 +69,16 @@ def script_json(document: object) -> str:
 
 
 def render_html(
-    profile: Profile,
+    table: StackTable,
     view: ValueView,
     title: str | None = None,
     min_fraction: float = DEFAULT_MIN_FRACTION,
 ) -> str:
-    tree = build_tree(profile, view, min_fraction)
+    tree = build_tree(table, view, min_fraction)
     legend = [(category, label, legend_color(category)) for category, label in LEGEND]
     return render_page(
-        title or default_title(profile),
-        summary_items(profile, view, tree),
+        title or default_title(table.header),
+        summary_items(table, view, tree),
         legend,
         flamegraph_data(tree, view),
     )

@@ -29,13 +29,13 @@ LEGEND = (
 
 MATCH_COLOR = "#d24ee6"  # search hits, flamegraph.pl's magenta
 
-# Differential graphs: a frame is mixed from "same" towards "grew" or "shrank"
-# in proportion to its change (flamegraph.pl's difffolded convention: red
-# hotter, blue colder).
+# Differential graphs: a frame is mixed from "same" (nearly white, as
+# flamegraph.pl draws no change) towards "grew" or "shrank" by its relative
+# change (see diff.SATURATION; flamegraph.pl's convention: red hotter, blue colder).
 DIFF_COLORS = {
     "grew": (215, 40, 30),
     "shrank": (40, 90, 215),
-    "same": (228, 228, 220),
+    "same": (240, 240, 234),
 }
 DIFF_LEGEND = (("grew", "grew"), ("shrank", "shrank"), ("same", "unchanged"))
 

@@ -17,8 +17,15 @@ What a profile becomes, so that ``go tool pprof`` and speedscope show it well:
   ``-tagfocus=process=NAME`` picks one process;
 - counters become comments (``name=value``).
 
+Writing streams: samples are encoded a batch at a time into the gzip stream.
+
 Reading accepts any pprof file (gzipped or not): inlined lines become frames of
 their own, and locations without a function are named ``module+0xoffset``.
+The encoded message is kept in memory and its samples parsed one at a time, so
+a file may take at most :data:`MAX_PPROF_BYTES` decompressed (a gzip bomb is
+refused, after counting, before anything is kept). Sample values must be
+non-negative (difference profiles, ``pprof -diff_base``, are refused) and each
+sample type's total must fit in int64.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from google.protobuf.message import DecodeError
 
@@ -37,17 +45,25 @@ from rover.export.names import (
     KERNEL_MODULE,
     UNKNOWN,
     frame_from_name,
-    process_name,
 )
 from rover.export.pprof_pb import profile_pb2 as pb
+from rover.export.protowire import WireError, split_repeated
 from rover.export.readback import TIME_UNITS, CorruptProfile, ProcessNumbering
+from rover.export.stacktable import StackTable, ValueOutOfRange
 from rover.export.values import ValueView
-from rover.profile import Frame, FrameKind, Profile, ProfileType, StackKey, ValueType
+from rover.profile import Frame, FrameKind, Profile, ProfileType, ValueType
 
+# The most a pprof profile may take decompressed: it is kept in memory while
+# its samples are read (a million distinct 30-frame stacks take about 70 MiB).
+MAX_PPROF_BYTES = 256 * 2**20
+_GZIP_MAGIC = b"\x1f\x8b"
+_INFLATE_CHUNK = 2**20
+_SAMPLE_FIELD = 2  # Profile.sample
 PROCESS_LABEL = "process"
 PID_LABEL = "pid"
 _OFF_CPU_VALUES = {"switches", "off_cpu"}
 _COUNTER = re.compile(r"^([\w.-]+)=(\d+)$")
+_BATCH = 10_000  # samples encoded at a time
 
 
 class _Strings:
@@ -121,53 +137,78 @@ class _Encoder:
         return location_id
 
 
-def render_pprof(profile: Profile, view: ValueView) -> bytes:
-    """The gzipped pprof encoding of ``profile``; ``view`` names the default sample type."""
-    encoder = _Encoder()
-    message, string = encoder.message, encoder.string
-    for value_type in profile.value_types:
-        message.sample_type.add(type=string(value_type.type), unit=string(value_type.unit))
-    message.default_sample_type = string(view.name)
-    if profile.type is ProfileType.ON_CPU and profile.period_ns:
-        message.period_type.type = string("cpu")
-        message.period_type.unit = string("nanoseconds")
-        message.period = profile.period_ns
-    message.time_nanos = profile.start_time_ns
-    message.duration_nanos = profile.duration_ns
-    counters = sorted((k, v) for k, v in profile.counters.items() if v)
-    message.comment.extend(string(f"{k}={v}") for k, v in counters)
+def write_pprof(table: StackTable, view: ValueView, out: BinaryIO) -> None:
+    """Write the gzipped pprof encoding of ``table``; ``view`` names the default sample type.
 
-    stacks = sorted(profile, key=lambda item: view.of(item[1]), reverse=True)
-    main_binary = _main_binary(profile, stacks)
+    Streamed: samples are encoded a batch at a time, after the sample types
+    and before mappings, locations, functions and strings, so the bytes are in
+    field order and the whole message is never in memory.
+    """
+    encoder = _Encoder()
+    string = encoder.string
+    head = pb.Profile()
+    for value_type in table.value_types:
+        head.sample_type.add(type=string(value_type.type), unit=string(value_type.unit))
+    column, divisor = table.values[view.index], view.divisor
+    order = sorted(range(len(table)), key=lambda i: column[i] // divisor, reverse=True)
+    main_binary = _main_binary(table, order)
     if main_binary is not None:
         encoder.mapping_id(main_binary)
-    for key, values in stacks:
-        if not any(values):
-            continue
-        sample = message.sample.add(value=values)
-        sample.location_id.extend(encoder.location_id(f) for f in reversed(key.frames))
-        name = string(process_name(profile, key.pid))
-        sample.label.add(key=string(PROCESS_LABEL), str=name)
-        if key.pid > 0:
-            sample.label.add(key=string(PID_LABEL), num=key.pid)
+    locations = [0] * len(table.frames)  # frame id -> location id, 0 until used
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:  # mtime 0: same bytes
+        gz.write(head.SerializeToString())
+        batch = pb.Profile()
+        for index in order:
+            values = [column[index] for column in table.values]
+            if not any(values):
+                continue
+            ids = table.ids(index)
+            sample = batch.sample.add(value=values)
+            for frame_id in reversed(ids[1:]):
+                if not locations[frame_id]:
+                    locations[frame_id] = encoder.location_id(table.frames[frame_id])
+                sample.location_id.append(locations[frame_id])
+            pid = table.pids[ids[0]]
+            name = string(table.process_name(pid))
+            sample.label.add(key=string(PROCESS_LABEL), str=name)
+            if pid > 0:
+                sample.label.add(key=string(PID_LABEL), num=pid)
+            if len(batch.sample) >= _BATCH:
+                gz.write(batch.SerializeToString())
+                batch = pb.Profile()  # not Clear(): that keeps the message's memory
+        gz.write(batch.SerializeToString())
+        gz.write(_tail(encoder, table.header, view).SerializeToString())
+
+
+def _tail(encoder: _Encoder, header: Profile, view: ValueView) -> pb.Profile:
+    """Everything after the samples: tables, times, period, comments, default type."""
+    message, string = encoder.message, encoder.string
+    message.default_sample_type = string(view.name)
+    if header.type is ProfileType.ON_CPU and header.period_ns:
+        message.period_type.type = string("cpu")
+        message.period_type.unit = string("nanoseconds")
+        message.period = header.period_ns
+    message.time_nanos = header.start_time_ns
+    message.duration_nanos = header.duration_ns
+    counters = sorted((k, v) for k, v in header.counters.items() if v)
+    message.comment.extend(string(f"{k}={v}") for k, v in counters)
     message.string_table.extend(string.table)
-    # mtime=0: the same profile gives the same bytes.
-    return gzip.compress(message.SerializeToString(), mtime=0)
+    return message
 
 
-def _main_binary(profile: Profile, stacks: list[tuple[StackKey, list[int]]]) -> Frame | None:
+def _main_binary(table: StackTable, order: list[int]) -> Frame | None:
     """A frame of the heaviest process's executable: pprof takes mapping[0] for it.
 
     The process name is the executable's name (cut to 15 characters by the
     kernel); failing a match, the outermost user frame of the heaviest stack.
     """
-    for key, _ in stacks:
-        user = [
-            frame for frame in key.frames if not frame.is_kernel and (frame.file or frame.module)
-        ]
+    for index in order:
+        ids = table.ids(index)
+        user = [table.frames[i] for i in ids[1:]]
+        user = [frame for frame in user if not frame.is_kernel and (frame.file or frame.module)]
         if not user:
             continue
-        name = process_name(profile, key.pid)
+        name = table.process_name(table.pids[ids[0]])
         for frame in user:
             if os.path.basename(frame.file or frame.module)[:15] == name[:15]:
                 return frame
@@ -178,19 +219,71 @@ def _main_binary(profile: Profile, stacks: list[tuple[StackKey, list[int]]]) -> 
 # --- reading ------------------------------------------------------------------
 
 
+def read_pprof(f: BinaryIO, source: str = "<pprof>") -> StackTable:
+    """A table from a pprof file (gzipped or not); see :func:`pprof_table`."""
+    data = f.read(MAX_PPROF_BYTES + 1)
+    if len(data) > MAX_PPROF_BYTES:
+        raise _too_big(source, "is larger than")
+    return pprof_table(data, source)
+
+
 def parse_pprof(data: bytes, source: str = "<pprof>") -> Profile:
-    """A profile from pprof bytes (gzipped or not); CorruptProfile says what is wrong."""
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CorruptProfile(f"{source}: not a pprof profile: bad gzip data ({exc})") from None
-    message = pb.Profile()
+    """A profile from pprof bytes (gzipped or not); see :func:`pprof_table`."""
+    return pprof_table(data, source).to_profile()
+
+
+def pprof_table(data: bytes, source: str = "<pprof>") -> StackTable:
+    """A table from pprof bytes (gzipped or not); CorruptProfile says what is wrong.
+
+    At most :data:`MAX_PPROF_BYTES` are decompressed (a gzip bomb is refused
+    before any is kept). Samples are parsed one at a time (see protowire).
+    """
+    message: bytes | bytearray = _gunzip(data, source) if data[:2] == _GZIP_MAGIC else data
+    header = pb.Profile()
     try:
-        message.ParseFromString(data)
-    except DecodeError as exc:
+        samples = split_repeated(message, _SAMPLE_FIELD, header.MergeFromString)
+    except (WireError, DecodeError) as exc:
         raise CorruptProfile(f"{source}: not a pprof profile: {exc}") from None
-    return _Decoder(message, source).profile()
+    return _Decoder(header, source).table(samples)
+
+
+def _gunzip(data: bytes, source: str) -> bytearray:
+    """Every gzip member decompressed; more than MAX_PPROF_BYTES is refused before
+    anything is kept (the size is counted first)."""
+    size = sum(map(len, _inflate(data, source)))
+    out, position = bytearray(size), 0
+    for chunk in _inflate(data, source):
+        out[position : position + len(chunk)] = chunk
+        position += len(chunk)
+    return out
+
+
+def _inflate(data: bytes, source: str) -> Iterator[bytes]:
+    total = 0
+    while data[:2] == _GZIP_MAGIC:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        pending = data
+        while not inflater.eof:
+            try:
+                chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+            except zlib.error as exc:
+                raise CorruptProfile(
+                    f"{source}: not a pprof profile: bad gzip data ({exc})"
+                ) from None
+            total += len(chunk)
+            if total > MAX_PPROF_BYTES:
+                raise _too_big(source, "decompresses to more than")
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending and not inflater.eof:
+                raise CorruptProfile(f"{source}: not a pprof profile: bad gzip data (truncated)")
+            yield chunk
+        data = inflater.unused_data
+
+
+def _too_big(source: str, what: str) -> CorruptProfile:
+    return CorruptProfile(
+        f"{source} {what} {MAX_PPROF_BYTES // 2**20} MiB, rover's limit for a pprof profile"
+    )
 
 
 class _Decoder:
@@ -205,7 +298,8 @@ class _Decoder:
         self.mappings = {m.id: m for m in message.mapping}
         self.functions = {f.id: f for f in message.function}
         self.locations = {loc.id: loc for loc in message.location}
-        self._frames: dict[int, tuple[Frame, ...]] = {}
+        self._frame_ids: dict[int, tuple[int, ...]] = {}
+        self._table: StackTable | None = None
 
     def corrupt(self, what: str) -> CorruptProfile:
         return CorruptProfile(f"{self.source}: corrupt pprof profile: {what}")
@@ -215,29 +309,36 @@ class _Decoder:
             raise self.corrupt(f"string index {index} out of range")
         return self.strings[index]
 
-    def profile(self) -> Profile:
+    def table(self, samples: Iterable[bytes | memoryview]) -> StackTable:
+        """The table of the encoded ``samples`` (the header message holds the rest)."""
         message = self.message
         value_types = tuple(
             ValueType(self.string(t.type), self.string(t.unit)) for t in message.sample_type
         )
         off_cpu = any(vt.type in _OFF_CPU_VALUES for vt in value_types)
-        profile = Profile(ProfileType.OFF_CPU if off_cpu else ProfileType.ON_CPU, value_types)
-        profile.start_time_ns = max(0, message.time_nanos)
-        profile.duration_ns = max(0, message.duration_nanos)
+        header = Profile(ProfileType.OFF_CPU if off_cpu else ProfileType.ON_CPU, value_types)
+        header.start_time_ns = max(0, message.time_nanos)
+        header.duration_ns = max(0, message.duration_nanos)
         period_unit = self.string(message.period_type.unit)
         if period_unit in TIME_UNITS and message.period > 0:
-            profile.period_ns = message.period * TIME_UNITS[period_unit]
+            header.period_ns = message.period * TIME_UNITS[period_unit]
         for index in message.comment:
             counter = _COUNTER.match(self.string(index))
             if counter:
-                profile.count(counter.group(1), int(counter.group(2)))
+                header.count(counter.group(1), int(counter.group(2)))
 
-        processes = ProcessNumbering(profile)
+        table = self._table = StackTable(header)
+        processes = ProcessNumbering(header)
         main_binary = self._main_binary()
-        for sample in message.sample:
-            if len(sample.value) != len(value_types):
+        for number, encoded in enumerate(samples):
+            try:
+                sample = pb.Sample.FromString(encoded)
+            except DecodeError as exc:
+                raise self.corrupt(f"sample {number}: {exc}") from None
+            values = list(sample.value)
+            if len(values) != len(value_types):
                 raise self.corrupt(
-                    f"a sample has {len(sample.value)} values for {len(value_types)} sample types"
+                    f"a sample has {len(values)} values for {len(value_types)} sample types"
                 )
             name, pid = main_binary, 0
             for label in sample.label:
@@ -246,11 +347,16 @@ class _Decoder:
                     name = self.string(label.str)
                 elif key == PID_LABEL and label.num > 0:
                     pid = label.num
-            frames: list[Frame] = []
+            ids = [table.process_index(processes.pid(name, pid))]
             for location_id in reversed(sample.location_id):  # pprof lists the leaf first
-                frames.extend(self.frames(location_id))
-            profile.add(processes.pid(name, pid), tuple(frames), list(sample.value))
-        return profile
+                ids.extend(self.frame_ids(location_id))
+            try:
+                table.add(ids, values)
+            except ValueOutOfRange as exc:
+                raise self.corrupt(
+                    f"sample {number}: {exc} (rover reads counts and durations, which are >= 0)"
+                ) from None
+        return table.finish()
 
     def _main_binary(self) -> str:
         """The process name of samples without a process label: mapping[0]'s file name."""
@@ -260,12 +366,14 @@ class _Decoder:
                 return os.path.basename(filename)
         return UNKNOWN
 
-    def frames(self, location_id: int) -> tuple[Frame, ...]:
+    def frame_ids(self, location_id: int) -> tuple[int, ...]:
         """The frames of one location, caller first (pprof lists inlined callees first)."""
-        frames = self._frames.get(location_id)
-        if frames is None:
-            frames = self._frames[location_id] = tuple(self._location_frames(location_id))
-        return frames
+        ids = self._frame_ids.get(location_id)
+        if ids is None:
+            assert self._table is not None
+            frames = self._location_frames(location_id)
+            ids = self._frame_ids[location_id] = tuple(map(self._table.frame_id, frames))
+        return ids
 
     def _location_frames(self, location_id: int) -> Iterator[Frame]:
         location = self.locations.get(location_id)

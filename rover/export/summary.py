@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rover.export.names import process_label
-from rover.export.tree import FlameTree
 from rover.export.values import ValueView
 from rover.profile import Profile, ProfileType
+
+if TYPE_CHECKING:
+    from rover.export.stacktable import StackTable
+    from rover.export.tree import FlameTree
 
 _TYPE_LABEL = {ProfileType.ON_CPU: "On-CPU", ProfileType.OFF_CPU: "Off-CPU"}
 _MAX_PROCESSES = 8  # beyond this the summary says "and N more"
@@ -33,6 +37,17 @@ def format_value(value: int, view: ValueView) -> str:
     return text
 
 
+# What a time value measures, said after it ("1,234 µs (1.23 ms) off-CPU").
+_VALUE_LABEL = {"off_cpu": "off-CPU", "cpu": "on CPU"}
+
+
+def format_total(value: int, view: ValueView) -> str:
+    """A total for a one-line summary: ``1,234 samples``, ``747 switches``,
+    ``12,345 µs (12.3 ms) off-CPU``."""
+    label = _VALUE_LABEL.get(view.name)
+    return f"{format_value(value, view)} {label}" if label else format_value(value, view)
+
+
 def default_title(profile: Profile) -> str:
     return f"{_TYPE_LABEL[profile.type]} flame graph"
 
@@ -43,8 +58,9 @@ class SummaryItem:
     text: str
 
 
-def summary_items(profile: Profile, view: ValueView, tree: FlameTree) -> list[SummaryItem]:
+def summary_items(table: StackTable, view: ValueView, tree: FlameTree) -> list[SummaryItem]:
     """What a reader checks first: what was measured, how much, how long, of whom."""
+    profile = table.header
     items = [
         SummaryItem("Type", _TYPE_LABEL[profile.type]),
         SummaryItem("Total", format_value(tree.root.value, view)),
@@ -54,7 +70,7 @@ def summary_items(profile: Profile, view: ValueView, tree: FlameTree) -> list[Su
     if profile.period_ns:
         items.append(SummaryItem("Frequency", f"{1e9 / profile.period_ns:.4g} Hz"))
     items.append(SummaryItem("Stacks", format_count(tree.stacks)))
-    items.append(SummaryItem("Processes", _processes_text(profile)))
+    items.append(SummaryItem("Processes", _processes_text(table)))
     if tree.hidden:
         items.append(
             SummaryItem("Hidden", f"{tree.hidden:,} frames under {tree.min_fraction:.1%} of total")
@@ -69,11 +85,11 @@ def summary_line(items: list[SummaryItem]) -> str:
     return " · ".join(f"{item.label}: {item.text}" for item in items)
 
 
-def _processes_text(profile: Profile) -> str:
-    pids = sorted({key.pid for key in profile.samples})
+def _processes_text(table: StackTable) -> str:
+    pids = sorted(table.pids)
     if not pids:
         return "none"
-    shown = [process_label(profile, pid) for pid in pids[:_MAX_PROCESSES]]
+    shown = [process_label(table.header, pid) for pid in pids[:_MAX_PROCESSES]]
     if len(pids) > _MAX_PROCESSES:
         shown.append(f"and {len(pids) - _MAX_PROCESSES} more")
     return ", ".join(shown)

@@ -12,10 +12,10 @@ from importlib import resources
 
 from rover.export.names import xml_text
 from rover.export.palette import LEGEND, frame_color, legend_color
+from rover.export.stacktable import StackTable
 from rover.export.summary import default_title, format_value, summary_items, summary_line
 from rover.export.tree import DEFAULT_MIN_FRACTION, FlameNode, build_tree
 from rover.export.values import ValueView
-from rover.profile import Profile
 
 WIDTH = 1200
 ROW = 16  # pixels per stack level
@@ -39,12 +39,13 @@ def _label(name: str, width: float) -> str:
 
 
 def render_svg(
-    profile: Profile,
+    table: StackTable,
     view: ValueView,
     title: str | None = None,
     min_fraction: float = DEFAULT_MIN_FRACTION,
 ) -> str:
-    tree = build_tree(profile, view, min_fraction)
+    """The SVG document; its size is bounded by the frames drawn (see tree.build_tree)."""
+    tree = build_tree(table, view, min_fraction)
     root = tree.root
     scale = (WIDTH - 2 * MARGIN) / root.value if root.value else 0.0
     levels = tree.depth() + 1
@@ -62,9 +63,9 @@ def render_svg(
         "<style>g.frame { cursor: pointer; } g.frame:hover rect { stroke: #000; }</style>",
         f'<rect width="{WIDTH}" height="{height}" fill="url(#background)"/>',
         f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="17">'
-        f"{_attr(title or default_title(profile))}</text>",
+        f"{_attr(title or default_title(table.header))}</text>",
         f'<text x="{MARGIN}" y="46" fill="#444">'
-        f"{_attr(summary_line(summary_items(profile, view, tree)))}</text>",
+        f"{_attr(summary_line(summary_items(table, view, tree)))}</text>",
     ]
     out.extend(_legend(y=64))
     if root.value:

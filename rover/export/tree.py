@@ -1,15 +1,25 @@
-"""The merged call tree a flame graph draws: one node per distinct path."""
+"""The merged call tree a flame graph draws: one node per distinct path.
+
+The tree is built from the stacks in sorted order, the way flamegraph.pl's
+``flow`` merges sorted folded lines: only the path of the current stack is
+open; when the next stack leaves a node, that node's value is final and, if it
+is narrower than ``min_fraction`` of the total (flamegraph.pl's ``--minwidth``),
+it is dropped there and then. Memory is bounded by the depth and by what is
+drawn (at most 1/min_fraction nodes per level), not by the number of stacks;
+values stay exact (a dropped node's value still counts in its parents).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from rover.export.names import UNKNOWN, process_name
+from rover.export.names import UNKNOWN
+from rover.export.stacktable import StackTable, common_prefix, dense_ranks
 from rover.export.values import ValueView
-from rover.profile import Frame, FrameKind, Profile
+from rover.profile import Frame
 
 # Frames under this share of the total are too narrow to see (~1 px of 1000).
 DEFAULT_MIN_FRACTION = 0.001
@@ -28,11 +38,9 @@ def frame_category(frame: Frame) -> str:
     return KERNEL if frame.is_kernel else USER
 
 
-def frame_key(frame: Frame) -> tuple[str, str, bool, bool]:
-    """What makes two frames one node: name, module, kernel or not, symbolized or not."""
-    # Not the Frame itself: its generated __hash__ (and the enum's) run in
-    # Python and dominate the cost of big profiles.
-    return (frame.name, frame.module, frame.kind is FrameKind.KERNEL, frame.symbolized)
+def node_label(frame: Frame) -> tuple[str, str, str]:
+    """What a flame graph node shows and is sorted by: name, category, module."""
+    return (frame.name or UNKNOWN, frame_category(frame), frame.module)
 
 
 @dataclass(slots=True)
@@ -43,26 +51,11 @@ class FlameNode:
     category: str
     module: str = ""
     value: int = 0
-    # keyed by (name, module, is kernel, symbolized), or by the name for processes
-    children: dict[tuple[str, str, bool, bool] | str, FlameNode] = field(default_factory=dict)
-
-    def process_child(self, name: str) -> FlameNode:
-        node = self.children.get(name)
-        if node is None:
-            node = self.children[name] = FlameNode(name, PROCESS)
-        return node
-
-    def frame_child(self, frame: Frame) -> FlameNode:
-        key = frame_key(frame)
-        node = self.children.get(key)
-        if node is None:
-            name = frame.name or UNKNOWN
-            node = self.children[key] = FlameNode(name, frame_category(frame), frame.module)
-        return node
+    children: list[FlameNode] = field(default_factory=list)  # in flamegraph.pl's order
 
     def sorted_children(self) -> list[FlameNode]:
         """Children in flamegraph.pl's order: alphabetical, so layouts are stable."""
-        return sorted(self.children.values(), key=lambda n: (n.name, n.category, n.module))
+        return self.children
 
 
 @dataclass(slots=True)
@@ -78,44 +71,122 @@ class FlameTree:
         while pending:
             node, depth = pending.pop()
             deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in node.children.values())
+            pending.extend((child, depth + 1) for child in node.children)
         return deepest
 
 
-def build_tree(
-    profile: Profile, view: ValueView, min_fraction: float = DEFAULT_MIN_FRACTION
-) -> FlameTree:
-    """Merge every stack of ``profile`` under ``all`` -> process name -> frames.
+class PathFolder:
+    """Merges stacks given in sorted order into a tree, dropping nodes ``keep`` refuses.
 
-    Frames that differ only in ``symbolized`` stay apart, like any distinct frames.
-    Subtrees worth less than ``min_fraction`` of the total are then dropped
-    (see :func:`prune`).
+    Each open node has one running value per column (one profile, or two for
+    a diff). ``label(source, ids, level)`` names a node when it opens (level 0
+    is the process); ``make(label, values, children)`` builds a kept node when
+    it closes.
     """
-    root = FlameNode("all", ROOT)
+
+    def __init__(
+        self,
+        columns: int,
+        label: Callable[[object, Sequence[int], int], object],
+        keep: Callable[[list[int]], bool],
+        make: Callable[[object, list[int], list], object],
+    ) -> None:
+        self.label = label
+        self.keep = keep
+        self.make = make
+        self.hidden = 0  # dropped nodes whose parent was kept
+        self._key = b""
+        # open levels; index 0 is the root, which is always open
+        self._values: list[list[int]] = [[0] * columns]
+        self._children: list[list] = [[]]
+        self._dropped: list[int] = [0]
+        self._labels: list[object] = [None]
+
+    def add(self, key: bytes, source: object, ids: Sequence[int], column: int, value: int) -> None:
+        """Add ``value`` to ``column`` of stack ``ids`` of ``source``; its sort key is ``key``.
+
+        Stacks must come in key order (see :meth:`StackTable.sorted_keys`).
+        """
+        depth = len(key) // 4
+        shared = common_prefix(self._key, key) if self._key else 0
+        self._close_to(shared + 1)
+        columns = len(self._values[0])
+        for level in range(shared, depth):
+            self._values.append([0] * columns)
+            self._children.append([])
+            self._dropped.append(0)
+            self._labels.append(self.label(source, ids, level))
+        self._values[-1][column] += value
+        self._key = key
+
+    def finish(self) -> tuple[list[int], list, int]:
+        """The root's values, its kept children, and how many dropped nodes had kept parents."""
+        self._close_to(1)
+        self.hidden += self._dropped[0]
+        return self._values[0], self._children[0], self.hidden
+
+    def _close_to(self, levels: int) -> None:
+        """Close open nodes until ``levels`` remain (the root counts as one)."""
+        while len(self._values) > levels:
+            values = self._values.pop()
+            children = self._children.pop()
+            dropped = self._dropped.pop()
+            label = self._labels.pop()
+            parent = self._values[-1]
+            for column, value in enumerate(values):
+                parent[column] += value
+            if self.keep(values):
+                self.hidden += dropped
+                self._children[-1].append(self.make(label, values, children))
+            else:
+                self._dropped[-1] += 1
+
+
+def flame_ranks(table: StackTable) -> tuple[list[int], list[int]]:
+    """Frame and process ranks that order nodes as flamegraph.pl does (by name)."""
+    frame_rank = dense_ranks(table.frames, node_label)
+    process_rank = dense_ranks([table.process_name(pid) for pid in table.pids], str)
+    return frame_rank, process_rank
+
+
+def build_tree(
+    table: StackTable, view: ValueView, min_fraction: float = DEFAULT_MIN_FRACTION
+) -> FlameTree:
+    """Merge every stack of ``table`` under ``all`` -> process name -> frames.
+
+    Nodes narrower than ``min_fraction`` of the total are dropped as the tree is
+    built (see the module docstring); the root keeps the exact total.
+    """
+    column = table.values[view.index]
+    min_value = view.total(column) * min_fraction
+    folder = PathFolder(1, table_label, lambda values: values[0] >= min_value, _flame_node)
     stacks = 0
     with collector_paused():
-        for key, values in profile:
-            value = view.of(values)
-            if value <= 0:
-                continue
-            stacks += 1
-            root.value += value
-            node = root.process_child(process_name(profile, key.pid))
-            node.value += value
-            for frame in key.frames:
-                node = node.frame_child(frame)
-                node.value += value
-        hidden = prune(root, root.value * min_fraction)
+        for index, key in zip(*table.sorted_keys(*flame_ranks(table)), strict=True):
+            value = column[index] // view.divisor
+            if value > 0:
+                stacks += 1
+                folder.add(key, table, table.ids(index), 0, value)
+        values, children, hidden = folder.finish()
+    root = FlameNode("all", ROOT, value=values[0], children=children)
     return FlameTree(root, stacks, hidden, min_fraction)
+
+
+def table_label(table: object, ids: Sequence[int], level: int) -> tuple[str, str, str]:
+    """A node's label from a table's stack: the process at level 0, then frames."""
+    assert isinstance(table, StackTable)
+    if level == 0:
+        return (table.process_name(table.pids[ids[0]]), PROCESS, "")
+    return node_label(table.frames[ids[level]])
 
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a big tree is built.
 
-    Trees hold no cycles, but allocating a million nodes triggers collections
-    that each walk the whole growing tree: that, not building it, took most
-    of the time (3-4x).
+    Trees hold no cycles, but allocating millions of objects triggers
+    collections that each walk everything alive: that, not the work, took
+    most of the time (3-4x).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -126,21 +197,6 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def prune(root: FlameNode, min_value: float) -> int:
-    """Drop subtrees worth less than ``min_value``; return how many nodes went.
-
-    Parents keep their values, so what was dropped shows as a gap, the way
-    flamegraph.pl elides frames too narrow to see. This bounds the output by
-    the profile's shape (at most 1/min_fraction nodes per level), not its size.
-    """
-    if min_value <= 0:
-        return 0
-    hidden, pending = 0, [root]
-    while pending:
-        node = pending.pop()
-        narrow = [key for key, child in node.children.items() if child.value < min_value]
-        for key in narrow:
-            del node.children[key]
-        hidden += len(narrow)
-        pending.extend(node.children.values())
-    return hidden
+def _flame_node(label: object, values: list[int], children: list) -> FlameNode:
+    name, category, module = label  # type: ignore[misc]
+    return FlameNode(name, category, module, values[0], children)

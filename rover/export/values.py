@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rover.profile import Profile, ProfileType
@@ -34,6 +35,12 @@ class ValueView:
     def of(self, values: list[int]) -> int:
         """The shown value of one stack's raw values."""
         return values[self.index] // self.divisor
+
+    def total(self, column: Iterable[int]) -> int:
+        """The shown total of a column of raw values: each stack rounded down on its own."""
+        if self.divisor == 1:
+            return sum(column)
+        return sum(value // self.divisor for value in column)
 
     @property
     def ns_per_unit(self) -> int:

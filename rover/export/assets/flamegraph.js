@@ -4,7 +4,7 @@
 //        unit, nsPerUnit, matchColor,
 //        diff (differential graphs only): {before: [...], after: [...] (each node's
 //          value in either profile, in node order), beforeTotal, afterTotal,
-//          maxChange, colors: {grew, shrank, same}}}.
+//          saturation, colors: {grew, shrank, same}}}.
 // In a differential graph a node's value is its width: its share of the
 // before total plus its share of the after total; the colour is the change.
 // Every frame is a div.frame in #flamegraph carrying data-name (full name),
@@ -105,11 +105,21 @@
     return from.map(function (c, i) { return Math.round(c + (to[i] - c) * t); });
   }
 
-  // Neutral for no change, fully red (grew) or blue (shrank) at the largest change.
+  // The change relative to the larger of the two shares: -1 (vanished) to +1 (new).
+  function relativeChange(node) {
+    var before = share(node.before, diff.beforeTotal);
+    var after = share(node.after, diff.afterTotal);
+    var larger = Math.max(before, after);
+    return larger > 0 ? (after - before) / larger : 0;
+  }
+
+  // Neutral for no change, fully red (grew) or blue (shrank) from a relative
+  // change of diff.saturation (a doubling or halving), in proportion below it,
+  // so noise of a few percent stays nearly neutral.
   function diffColor(node) {
-    var delta = change(node);
-    var t = diff.maxChange > 0 ? Math.min(1, Math.abs(delta) / diff.maxChange) : 0;
-    var rgb = mix(diff.colors.same, delta >= 0 ? diff.colors.grew : diff.colors.shrank, t);
+    var relative = relativeChange(node);
+    var t = Math.min(1, Math.abs(relative) / diff.saturation);
+    var rgb = mix(diff.colors.same, relative >= 0 ? diff.colors.grew : diff.colors.shrank, t);
     // Black text stops being readable on the saturated end.
     var luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
     node.textColor = luminance < 110 ? "#fff" : "";
