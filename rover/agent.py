@@ -1,15 +1,23 @@
 """The long-running agent: discovery, reporting, backend tasks, profiling, upload.
 
 Start order: backend client -> finders -> loops (heartbeat, task poll,
-scheduler, flush). Stop order is the reverse, and a stop uploads what was
-collected before the BPF programs are detached.
+scheduler, flush). Stop is bounded as a whole by one deadline
+(:data:`SHUTDOWN_BUDGET`, well inside the pod's 10 s grace period), each step
+taking what is left of it: every loop is told to stop (none is waited for
+yet), tasks are stopped and drained, the BPF programs are freed, then the
+final upload gets the remaining time, then the channel is closed (which cancels
+any call a loop still waits on). BPF is freed before the upload, so a backend
+that never answers cannot keep a thread near BPF objects while the process exits;
+if a compile outlives the budget the process leaves without interpreter clean-up
+(:meth:`Agent.run_until_signalled`). What the backend never acknowledged is
+logged as not delivered.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
+import os
 import threading
 import time
 import uuid
@@ -22,10 +30,12 @@ from rover.backend import BackendConfig as BackendClientConfig
 from rover.backend.continuous import BackendMeterSink, BackendPolicySource, BackendTriggerSink
 from rover.bpf.engine import EngineConfig
 from rover.bpf.headers import HeaderSearch
+from rover.bpf.load_check import CheckCancelled, LoadCheck
 from rover.bpf.tracefs import ensure_tracefs
 from rover.config import AgentConfig
 from rover.continuous import ContinuousConfig, ContinuousProfiler
-from rover.health import HealthServer, Liveness, Readiness, probe_bpf
+from rover.deadline import Deadline
+from rover.health import HealthServer, Liveness, Readiness
 from rover.hostfs import HostFS
 from rover.metrics import AgentParts, agent_registry
 from rover.periodic import PeriodicLoop
@@ -42,7 +52,12 @@ log = logging.getLogger(__name__)
 KUBERNETES_SCAN_PERIOD = 5.0  # seconds between /proc rescans for pods (Rover's fixed value)
 SCHEDULER_PERIOD = 0.2  # seconds between start/stop checks of tasks
 FINDER_SYNC_BUDGET = 5.0  # seconds start() waits for finders' first lists (one scan period)
-SHUTDOWN_BUDGET = 8.0  # seconds for the final upload on SIGTERM (the pod gets 10)
+# Seconds from SIGTERM to the end of stop() (the pod gets 10; the interpreter's exit and
+# the signal's delivery need the rest). Of it, stopping tasks may take all but
+# FINAL_UPLOAD_MIN (waiting for a compile), and the upload all but CLOSE_RESERVE.
+SHUTDOWN_BUDGET = 7.0
+FINAL_UPLOAD_MIN = 2.0
+CLOSE_RESERVE = 0.5
 
 
 class Agent:
@@ -63,7 +78,7 @@ class Agent:
         )
         self.symbolizer = Symbolizer(self.hostfs)
         self.uploader = ProfileUploader(self.client, config.core.backend.upload_buffer_size)
-        frequency = max(1, round(1.0 / config.profiling.task.on_cpu.dump_period))
+        frequency = config.profiling.task.on_cpu.frequency
         headers = HeaderSearch(
             hostfs=self.hostfs, configured_dir=config.profiling.kernel_headers or None
         )
@@ -86,6 +101,8 @@ class Agent:
         self.continuous = self._continuous() if config.profiling.active else None
         self.loops = self._loops()
         self._stopped = threading.Event()
+        self._load_check: LoadCheck | None = None
+        self._load_check_lock = threading.Lock()
         self._snapshot: list[DiscoveredProcess] | None = None
         # One scan at a time: the heartbeat's first scan and the discovery loop's may overlap,
         # and an older scan finishing last would replace a newer result.
@@ -182,7 +199,7 @@ class Agent:
             log.warning("tracefs is not mounted and could not be: off-CPU profiling will fail")
         if self.health is not None and self.config.profiling.active:
             # readiness needs to know that BPF loads here; in the background (a second or two)
-            self.readiness.probe_bpf(lambda: probe_bpf(self.headers.find, self.engines))
+            self.readiness.probe_bpf(self._check_bpf_loads)
         for finder in self.finders:
             finder.start()
         self._wait_finders_synced()
@@ -205,41 +222,83 @@ class Agent:
                     FINDER_SYNC_BUDGET,
                 )
 
-    def stop(self) -> None:
-        """Stop loops, upload what was collected, detach BPF, close the channel."""
+    def _check_bpf_loads(self) -> bool:
+        """Readiness: the programs compile, load and attach here (in a child process)."""
+        if self.engines.loaded():
+            return True  # a task already loaded one
+        with self._load_check_lock:
+            if self._stopped.is_set():
+                return False
+            self._load_check = LoadCheck(self.headers.find(), self.engines.config)
+        try:
+            self._load_check.run()
+        except CheckCancelled:
+            return False
+        return True
+
+    def stop(self) -> bool:
+        """Stop everything within SHUTDOWN_BUDGET seconds (see the module docstring).
+
+        False when a thread was still compiling a BPF program at the end: the process
+        must then exit without interpreter clean-up (LLVM is not safe to unload under
+        a running compile).
+        """
         if self._stopped.is_set():
-            return
+            return True
         self._stopped.set()
-        started = time.monotonic()
-        if self.continuous is not None:
-            self.continuous.stop()
-        for loop in self.loops:
-            loop.stop()
-        for finder in self.finders:
-            finder.stop()
-        final = threading.Thread(target=self.tasks.stop_all, name="final-upload", daemon=True)
-        final.start()
-        final.join(SHUTDOWN_BUDGET)
-        if final.is_alive():
-            log.warning(
-                "final upload did not finish in %.0fs; %d messages not delivered",
-                SHUTDOWN_BUDGET,
-                self.uploader.pending,
-            )
-        self.client.close()
+        deadline = Deadline(SHUTDOWN_BUDGET)
+        loops = self.loops + (self.continuous.loops if self.continuous is not None else [])
+        for loop in loops:
+            loop.request_stop()
+        with self._load_check_lock:
+            if self._load_check is not None:
+                self._load_check.cancel()
+        # the parts that touch neither BPF nor the backend stop alongside the rest
+        others = threading.Thread(target=self._stop_others, name="stop-others", daemon=True)
+        others.start()
+        bpf_freed = self.tasks.stop_all(timeout=deadline.remaining(keep=FINAL_UPLOAD_MIN))
+        self.uploader.flush(timeout=deadline.remaining(keep=CLOSE_RESERVE))
+        self.client.close(timeout=deadline.remaining())  # cancels calls loops still wait on
+        for loop in loops:
+            loop.join(deadline.remaining())
+        others.join(deadline.remaining())
+        self._report_undelivered()
+        log.info("agent stopped in %.1fs", deadline.elapsed())
+        return bpf_freed
+
+    def _stop_others(self) -> None:
+        """The health endpoint (its scrapes read the engines) and the finders."""
         if self.health is not None:
             self.health.stop()
-        log.info("agent stopped in %.1fs", time.monotonic() - started)
+        for finder in self.finders:
+            finder.stop()
 
-    def run_until_signalled(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    def _report_undelivered(self) -> None:
+        """What the backend never acknowledged: queued, or in a stream it did not answer."""
+        lost, dropped = self.uploader.undelivered(), self.uploader.dropped
+        log.log(
+            logging.WARNING if lost.messages or dropped else logging.INFO,
+            "profiling data not delivered to the backend: %s%s; %d messages delivered",
+            lost,
+            f", and {dropped} messages dropped earlier (upload buffer full)" if dropped else "",
+            self.uploader.uploaded,
+        )
+
+    def run_until_signalled(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set (the CLI sets it on SIGTERM or SIGINT), then stop
+        within the shutdown budget. A ``stop`` set before the start means exit at once."""
+        if stop.is_set():
+            log.info("stop requested before the agent started")
+            self.stop()
+            return
         self.start()
         stop.wait()
         log.info("stop requested")
-        self.stop()
+        if not self.stop():
+            # A thread is inside LLVM: unloading it at interpreter exit would crash.
+            log.warning("exiting at once: a BPF program is still compiling")
+            logging.shutdown()
+            os._exit(0)
 
 
 class _TriggeredTasks:

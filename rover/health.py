@@ -6,9 +6,11 @@ on every address). Kubernetes probes and Prometheus read it:
 * ``/healthz``: 200 while every loop of the agent keeps running (its run count
   moved within its stall window); 503 naming the stalled loops otherwise.
 * ``/readyz``: 200 once BPF programs are known to load here (a one-time probe at
-  start, or an engine a task loaded) and the backend has answered at least one
-  call; 503 with the reasons until then. A later backend outage does not make
-  the agent unready: it buffers and retries, and a restart would not help.
+  start, which the agent runs in a short-lived child process so that its compiles
+  do not add to the agent's memory; or an engine a task loaded) and the backend
+  has answered at least one call; 503 with the reasons until then. A later backend
+  outage does not make the agent unready: it buffers and retries, and a restart
+  would not help.
 * ``/metrics``: the Prometheus text format (rover.metrics).
 """
 
@@ -24,11 +26,7 @@ from socket import AF_INET6
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from rover.bpf.engine import ProfilerEngine
-from rover.bpf.headers import KernelHeaders
 from rover.periodic import PeriodicLoop
-from rover.profile import ProfileType
-from rover.tasks.engines import EngineSet
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +88,14 @@ class Readiness:
         self._bpf_error: str | None = "checking that the BPF programs load"
         self._probe_done = threading.Event()
 
-    def probe_bpf(self, probe: Callable[[], None]) -> threading.Thread:
-        """Run ``probe`` (raises when BPF cannot work) once, in the background."""
+    def probe_bpf(self, probe: Callable[[], bool | None]) -> threading.Thread:
+        """Run ``probe`` once, in the background. It raises when BPF cannot work and
+        returns False when it could not tell (cancelled at shutdown)."""
 
         def run() -> None:
             try:
-                probe()
+                if probe() is False:
+                    return
                 self._bpf_error = None
                 log.info("readiness: BPF programs load")
             except Exception as exc:  # noqa: BLE001 - any failure means not ready; say why
@@ -121,19 +121,6 @@ class Readiness:
         if reasons:
             return False, "; ".join(reasons)
         return True, "ok"
-
-
-def probe_bpf(find_headers: Callable[[], KernelHeaders], engines: EngineSet) -> None:
-    """Compile, load and attach every profiling program once, then detach it.
-
-    Raises what loading raises. Skipped when a task already loaded an engine. The
-    programs are not kept: an idle agent attaches nothing.
-    """
-    if engines.loaded():
-        return
-    headers = find_headers()
-    for profile_type in ProfileType:
-        ProfilerEngine(profile_type, headers, engines.config).close()
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -30,7 +30,8 @@ Behaviour, per service:
   a fresh TaskId (spec 3.5), or what :meth:`set_report_reply` configured.
 
 Faults: :meth:`fail_with` makes calls fail with a status (UNAVAILABLE by
-default), :meth:`delay` makes handlers sleep, ``authentication`` makes calls
+default), :meth:`delay` makes handlers sleep, :meth:`hang` makes them never
+answer (recorded with status ``"HUNG"``; released by :meth:`stop`), ``authentication`` makes calls
 without the right ``authentication`` header fail with PERMISSION_DENIED, and
 :meth:`stop` / :meth:`start` / :meth:`restart` take the server down and up on
 the same port.
@@ -125,6 +126,8 @@ class _Faults:
     methods: frozenset[str] | None = None  # None = every method
     delay_s: float = 0.0
     delay_methods: frozenset[str] | None = None
+    hang: bool = False
+    hang_methods: frozenset[str] | None = None
 
 
 # an agent id as Rover makes them (a random UUID)
@@ -191,6 +194,7 @@ class FakeOAP:
         self._lock = threading.Condition()
         self._calls: list[RecordedCall] = []
         self._faults = _Faults()
+        self._release_hung = threading.Event()
         self._ignore: Callable[[Process_pb2.EBPFProcessEntityMetadata], bool] = lambda e: False
         self.processes: dict[str, ReportedProcess] = {}
         self._tasks: dict[str, FakeTask] = {}
@@ -240,6 +244,7 @@ class FakeOAP:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving; open connections are closed (clients see the backend go away)."""
+        self._release_hung.set()
         server, self._server = self._server, None
         if server is not None:
             server.stop(grace).wait()
@@ -330,6 +335,14 @@ class FakeOAP:
         with self._lock:
             self._faults.delay_s = seconds
             self._faults.delay_methods = frozenset(methods) if methods else None
+
+    def hang(self, *methods: str) -> None:
+        """Accept calls (of ``methods``, default all) and never answer them, like a backend
+        whose connections are up but whose threads are stuck; :meth:`stop` releases them."""
+        with self._lock:
+            self._faults.hang = True
+            self._faults.hang_methods = frozenset(methods) if methods else None
+            self._release_hung.clear()
 
     def ignore_processes(
         self, predicate: Callable[[Process_pb2.EBPFProcessEntityMetadata], bool]
@@ -472,11 +485,17 @@ class FakeOAP:
             abort = (grpc.StatusCode.PERMISSION_DENIED, "fake OAP: authentication mismatch")
         elif faults.code is not None and (faults.methods is None or method in faults.methods):
             abort = (faults.code, faults.details)
+        hung = faults.hang and (faults.hang_methods is None or method in faults.hang_methods)
         if abort is not None:
             status = abort[0].name
+        elif hung:
+            status = "HUNG"
         self._record(RecordedCall(method, request, metadata, status, time.time()))
         if abort is not None:
             context.abort(*abort)
+        if hung:
+            self._release_hung.wait()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "fake OAP: stopped while hung")
         if faults.delay_s and (faults.delay_methods is None or method in faults.delay_methods):
             time.sleep(faults.delay_s)
 

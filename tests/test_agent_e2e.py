@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import socket
 import time
 import urllib.request
@@ -11,6 +14,7 @@ import uuid
 import pytest
 from agent_process import scanner_env
 from backend_data import of_task, reported
+from fake_oap import FakeOAP
 
 pytestmark = pytest.mark.bpf
 
@@ -171,6 +175,8 @@ def test_malformed_commands_do_not_stop_the_agent(
         {**good, "ExtensionConfigJSON": "{oops"},  # bad JSON
         {**good, "TargetType": "QUANTUM"},  # unknown target type
         {**good, "ProcessId": "not-a-process-of-ours"},  # unknown process
+        {**good, "FixedTriggerDuration": "99999999999999999999"},  # beyond int64
+        {**good, "TaskStartTime": str(int(now) + 50 * 365 * 86_400_000)},  # 50 years ahead
     ]
     for args in broken:
         fake_oap.add_raw_task_command(args)
@@ -181,9 +187,36 @@ def test_malformed_commands_do_not_stop_the_agent(
     data = wait_task_samples(fake_oap, task.task_id, lambda s: hot_share(s, "c_hot_spin") > 0.5)
     assert len({s.start_ms for s in data}) == 1  # the duplicate did not start a second run
     log = agent.log_text()
-    for needle in ("missing argument", "not an integer", "not JSON", "unknown TargetType"):
+    for needle in (
+        "missing argument", "not an integer", "not JSON", "unknown TargetType",
+        "not a 64-bit integer", "days ahead",
+    ):  # fmt: skip
         assert needle in log
     assert "Traceback" not in log
+
+
+def test_a_command_that_breaks_the_parser_costs_only_itself(
+    fake_oap, start_agent, spawn, workloads, tmp_path
+):
+    """100,000 nested brackets make json.loads raise RecursionError; the valid task after
+    it in the same reply must still start."""
+    binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+    spawn([binary])
+    agent = start_agent(scanner_env(fake_oap.addr, binary.name, "deep-svc"))
+    proc = wait_reported(fake_oap, "deep-svc")
+    now = str(int(time.time() * 1000))
+    args = {
+        "SerialNumber": "x", "TaskId": "deep", "ProcessId": proc.process_id,
+        "TaskUpdateTime": now, "TriggerType": "FIXED_TIME", "TargetType": "ON_CPU",
+        "TaskStartTime": now, "ExtensionConfigJSON": "[" * 100_000 + "]" * 100_000,
+        "FixedTriggerDuration": "3",
+    }  # fmt: skip
+    fake_oap.add_raw_task_command(args)
+    fake_oap.add_raw_task_command({**args, "TaskId": "valid", "ExtensionConfigJSON": "null"})
+    wait_task_samples(fake_oap, "valid", lambda s: hot_share(s, "c_hot_spin") > 0.5)
+    log = agent.log_text()
+    assert "task deep: ExtensionConfigJSON nests too deeply" in log
+    assert "RecursionError" not in log and "Traceback" not in log
 
 
 def test_process_dying_mid_task_keeps_agent_running(
@@ -219,10 +252,79 @@ def test_sigterm_flushes_collected_data_and_exits_0(
     assert hot_share(of_task(fake_oap, task.task_id), "c_hot_spin") > 0.5
 
 
+@pytest.mark.parametrize("after", [0.3, 1.0])
+def test_sigterm_during_start_up_exits_0(fake_oap, start_agent, after):
+    """SIGTERM while the agent imports and starts (a pod deleted right after it was
+    scheduled): a clean exit, not death by the signal. (Before the interpreter runs our
+    first line, ~40 ms, the signal's default action still applies.)"""
+    agent = start_agent(scanner_env(fake_oap.addr, "no-such-process", "early-svc"))
+    time.sleep(after)
+    code, took = agent.stop()
+    assert code == 0, agent.log_text()
+    assert took < 10
+    assert "Traceback" not in agent.log_text()
+
+
+CRASH_SIGNS = ("Segmentation fault", "double free", "core dumped", "Fatal Python error")
+UNDELIVERED = re.compile(
+    r"not delivered to the backend: (\d+) messages \((\d+) on-CPU samples, \d+ off-CPU "
+    r"switches\).*; (\d+) messages delivered"
+)
+
+
+def test_sigterm_with_a_backend_that_never_answers_exits_in_time_and_counts_the_loss(
+    start_agent, spawn, workloads, tmp_path
+):
+    """The pod gets 10 s after SIGTERM. A backend that accepts calls and never answers
+    them must cost neither that deadline nor a crash on the way out, and what it never
+    acknowledged (the stream it holds included) is reported as not delivered."""
+    for run in range(3):
+        binary = unique_copy(workloads, "hot_c_fp", tmp_path)
+        workload = spawn([binary])
+        oap = FakeOAP(workers=64).start()  # hung calls hold a worker each
+        try:
+            sigterm_with_hung_backend(oap, start_agent, workload, binary.name, f"hung-{run}")
+        finally:
+            os.kill(workload.pid, signal.SIGCONT)
+            oap.stop()
+
+
+def sigterm_with_hung_backend(oap, start_agent, workload, name, service):
+    health = free_address()  # for the kernel's sample count; the readiness BPF check runs too
+    agent = start_agent(scanner_env(oap.addr, name, service, ROVER_HEALTH_ADDRESS=health))
+    proc = wait_reported(oap, service)
+    task = oap.add_task(proc.process_id, duration_s=600)
+    wait_task_samples(oap, task.task_id, lambda s: s)  # profiling and uploading
+    oap.hang()  # every call from now on: uploads, heartbeats, task queries
+    oap.wait_for(lambda o: [c for c in o.calls_of("collectProfilingData") if c.status == "HUNG"])
+    os.kill(workload.pid, signal.SIGSTOP)  # no samples after this: the total is final
+    time.sleep(0.5)
+    collected = metric(health, "rover_samples_collected_total", 'profiling_type="ON_CPU"')
+    code, took = agent.stop(timeout=30)
+    log = agent.log_text()
+    assert code == 0 and took < 9.0, (service, code, took, log[-3000:])
+    assert not [sign for sign in (*CRASH_SIGNS, "Traceback") if sign in log], log[-3000:]
+    found = UNDELIVERED.search(log)
+    assert found, log[-3000:]
+    lost_messages, lost_samples, delivered = map(int, found.groups())
+    acknowledged = sum(s.dump_count for s in of_task(oap, task.task_id))
+    assert lost_messages > 0 and lost_samples > 0
+    assert lost_samples == collected - acknowledged
+    assert delivered == len(oap.profiling_data())
+
+
 def test_bad_configuration_stops_start_up_naming_key(start_agent, tmp_path):
     agent = start_agent({"ROVER_PROFILING_CHECK_INTERVAL": "soon"})
     assert agent.proc.wait(timeout=20) == 2
     assert "profiling.check_interval" in agent.log_text() and "soon" in agent.log_text()
+
+
+def test_sampling_period_above_the_kernel_limit_stops_start_up_naming_key(start_agent):
+    agent = start_agent({"ROVER_PROFILING_TASK_ON_CPU_DUMP_PERIOD": "1ns"})
+    assert agent.proc.wait(timeout=20) == 2
+    log = agent.log_text()
+    assert "profiling.task.on_cpu.dump_period: 1ns" in log and "perf_event_max_sample_rate" in log
+    assert "Traceback" not in log
 
 
 def test_unsupported_template_stops_start_up_naming_the_expression(start_agent):

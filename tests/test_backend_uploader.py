@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -221,3 +222,38 @@ def test_full_buffer_drops_the_oldest_and_logs_once(
 def test_rejects_a_zero_buffer(client: BackendClient) -> None:
     with pytest.raises(ValueError, match="buffer_size"):
         ProfileUploader(client, buffer_size=0)
+
+
+def test_a_stream_the_backend_never_answers_counts_as_undelivered(
+    fake_oap: FakeOAP, client: BackendClient
+) -> None:
+    """In flight is not delivered: until the backend answers, the stream's messages and
+    samples are reported as undelivered, and a final flush is bounded by its timeout."""
+    uploader = ProfileUploader(client, buffer_size=100)
+    uploader.add("task-1", "proc-1", START_MS, on_cpu((stack("main;a"), 5), (stack("main;b"), 2)))
+    fake_oap.hang("collectProfilingData")
+    hung = threading.Thread(target=uploader.flush)  # the flush loop, stuck in its stream
+    hung.start()
+    fake_oap.wait_for(lambda o: o.calls_of("collectProfilingData"), what="the hung stream")
+    assert uploader.pending == 0  # taken out of the queue for the stream...
+    lost = uploader.undelivered()  # ...but not delivered
+    assert (lost.messages, lost.samples, lost.switches) == (2, 7, 0)
+
+    started = time.monotonic()
+    assert not uploader.flush(timeout=0.5)  # waits for the stuck flush no longer than that
+    assert time.monotonic() - started < 2
+
+    fake_oap.stop()  # the hung call fails; the data goes back to the queue
+    hung.join(10)
+    assert uploader.pending == 2 and uploader.undelivered().samples == 7
+    assert uploader.uploaded == 0
+
+
+def test_a_final_flush_gives_up_at_its_timeout(fake_oap: FakeOAP, client: BackendClient) -> None:
+    uploader = ProfileUploader(client, buffer_size=100)
+    uploader.add("task-1", "proc-1", START_MS, on_cpu((stack("main;a"), 3)))
+    fake_oap.hang()
+    started = time.monotonic()
+    assert not uploader.flush(timeout=1.0)  # client's deadline: 10 s
+    assert 0.9 < time.monotonic() - started < 3
+    assert uploader.undelivered().messages == 1

@@ -45,3 +45,22 @@ def test_output_that_is_a_directory_is_refused(tmp_path):
     target = tmp_path / "graph.html"
     target.mkdir()
     assert_clean_error(rover("profile", "--pid", "1", "--output", str(target)), 2, "is a directory")
+
+
+def test_a_period_too_short_is_named_as_given():
+    result = rover("profile", "--pid", "1", "--period", "1ns")
+    assert_clean_error(result, 2, "--period 1ns", "100us")
+    assert "--frequency" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rate", "needle"),
+    [(["--frequency", "5000"], "--frequency 5000"), (["--period", "500us"], "--period 500us")],
+)
+def test_a_rate_above_the_kernel_limit_names_the_flag_and_the_limit(rate, needle, tmp_path):
+    """perf_event_max_sample_rate is read from the host's /proc (here a host root of our own)."""
+    limit = tmp_path / "proc/sys/kernel/perf_event_max_sample_rate"
+    limit.parent.mkdir(parents=True)
+    limit.write_text("1000\n")
+    result = rover("profile", "--pid", "1", *rate, "--host-root", str(tmp_path))
+    assert_clean_error(result, 2, needle, "kernel's limit of 1000")

@@ -464,6 +464,38 @@ def test_bad_value_names_key_and_value(env, message):
     assert f"(from {name})" in text
 
 
+def host_with_sample_rate_limit(tmp_path: Path, limit: int) -> str:
+    """A host root whose /proc says the kernel allows ``limit`` samples per second."""
+    path = tmp_path / "proc/sys/kernel/perf_event_max_sample_rate"
+    path.parent.mkdir(parents=True)
+    path.write_text(f"{limit}\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("period", "message"),
+    [
+        ("1ns", "1ns gives 1000000000 samples per second, above the kernel's limit of 2000"),
+        ("400us", "400us gives 2500 samples per second, above the kernel's limit of 2000"),
+        ("0.1ns", "must be at least 1ns"),
+    ],
+)
+def test_dump_period_above_the_host_kernels_sample_rate_is_refused(tmp_path, period, message):
+    root = host_with_sample_rate_limit(tmp_path, 2000)
+    with pytest.raises(ConfigError) as info:
+        shipped(ROVER_HOST_MAPPING=root, ROVER_PROFILING_TASK_ON_CPU_DUMP_PERIOD=period)
+    assert info.value.key == "profiling.task.on_cpu.dump_period"
+    assert message in str(info.value)
+    if "kernel" in message:
+        assert "use 500us or longer" in str(info.value)
+
+
+def test_dump_period_within_the_host_kernels_sample_rate_is_kept(tmp_path):
+    root = host_with_sample_rate_limit(tmp_path, 2000)
+    config = shipped(ROVER_HOST_MAPPING=root, ROVER_PROFILING_TASK_ON_CPU_DUMP_PERIOD="500us")
+    assert config.profiling.task.on_cpu.frequency == 2000
+
+
 def test_error_carries_the_key():
     with pytest.raises(ConfigError) as info:
         shipped(ROVER_PROFILING_FLUSH_INTERVAL="soon")

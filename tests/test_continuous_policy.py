@@ -147,7 +147,10 @@ def test_thresholds_tolerate_numbers_and_decimals():
     assert sorted(i.threshold for i in policy.items) == [2.5, 85.0]
 
 
-@pytest.mark.parametrize("text", ["{not json", "", '{"ServiceName": "svc"}', "null", '"x"'])
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than the interpreter's recursion limit
+
+
+@pytest.mark.parametrize("text", ["{not json", "", '{"ServiceName": "svc"}', "null", '"x"', DEEP])
 def test_malformed_json_or_a_non_array_rejects_the_whole_reply(text):
     with pytest.raises(PolicyReplyError):
         policies_from_json(text)

@@ -281,3 +281,52 @@ def test_server_serves_probes_and_stops():
         server.stop()
     with pytest.raises(OSError):
         get(f"{base}/healthz", timeout=2)
+
+
+def test_readiness_probe_without_a_verdict_keeps_checking():
+    readiness = Readiness(lambda: True, "oap:11800")
+    readiness.probe_bpf(lambda: False).join(5)  # e.g. cancelled at shutdown
+    assert readiness.state() == (False, "checking that the BPF programs load")
+
+
+@pytest.mark.bpf
+def test_load_check_compiles_in_a_child_process_and_leaves_this_one_alone():
+    """The check's compiles are the child's: this process's peak does not move."""
+    from rover.bpf.engine import EngineConfig
+    from rover.bpf.headers import HeaderSearch
+    from rover.bpf.load_check import LoadCheck
+
+    check = LoadCheck(HeaderSearch().find(), EngineConfig())
+    before = peak_rss_kib()
+    check.run()
+    assert peak_rss_kib() - before < 20 * 1024  # one compile here would be ~180 MiB
+
+
+@pytest.mark.bpf
+def test_load_check_says_why_the_programs_do_not_load(tmp_path, monkeypatch):
+    from rover.bpf.engine import EngineConfig
+    from rover.bpf.headers import HeaderSearch
+    from rover.bpf.load_check import LoadCheck
+    from rover.bpf.loader import BPFLoadError
+
+    monkeypatch.setenv("ROVER_BPF_DIR", str(tmp_path))  # the child finds no program
+    with pytest.raises(BPFLoadError, match="oncpu.c not found"):
+        LoadCheck(HeaderSearch().find(), EngineConfig()).run()
+
+
+def test_a_cancelled_load_check_gives_no_verdict():
+    from rover.bpf.engine import EngineConfig
+    from rover.bpf.load_check import CheckCancelled, LoadCheck
+
+    check = LoadCheck(headers=None, config=EngineConfig())  # type: ignore[arg-type]
+    check.cancel()
+    with pytest.raises(CheckCancelled):
+        check.run()
+
+
+def peak_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
 from rover.bpf.engine import EngineConfig
 from rover.bpf.headers import HeaderSearch
+from rover.bpf.loader import BPFLoadError
 from rover.process.model import DiscoveredProcess, Entity, ProcessKind
+from rover.profile import ProfileType
 from rover.symbols import Symbolizer
 from rover.tasks.engines import EngineSet
 from rover.tasks.manager import TaskManager
-from rover.tasks.model import TASK_COMMAND, TaskCommandError, parse_task_command
+from rover.tasks.model import (
+    MAX_DURATION_S,
+    MAX_START_AHEAD_S,
+    TASK_COMMAND,
+    TaskCommandError,
+    parse_task_command,
+)
 from rover.tasks.poller import TaskPoller
 
 
@@ -59,11 +69,26 @@ def test_parse_valid_command_ignores_serial_number_and_extra_keys():
         ({"TriggerType": "CONTINUOUS_PROFILING"}, "TriggerType"),
         ({"ExtensionConfigJSON": "{not json"}, "not JSON"),
         ({"ProcessId": " , "}, "empty ProcessId"),
+        ({"ExtensionConfigJSON": "[" * 100_000 + "]" * 100_000}, "nests too deeply"),
+        ({"FixedTriggerDuration": "99999999999999999999"}, "not a 64-bit integer"),
+        ({"FixedTriggerDuration": str(MAX_DURATION_S + 1)}, "longer than the maximum"),
+        ({"TaskUpdateTime": str(2**63)}, "not a 64-bit integer"),
+        ({"TaskStartTime": "9" * 5000}, "not a 64-bit integer"),
+        ({"TaskStartTime": int((time.time() + 50 * 365 * 86400) * 1000)}, "days ahead"),
     ],
 )
 def test_malformed_commands_name_the_problem(overrides, needle):
     with pytest.raises(TaskCommandError, match=needle):
         parse_task_command(task_args(**overrides))
+
+
+def test_bounds_are_inclusive():
+    now = int(time.time() * 1000)
+    start = now + MAX_START_AHEAD_S * 1000
+    task = parse_task_command(
+        task_args(FixedTriggerDuration=MAX_DURATION_S, TaskStartTime=start), now_ms=now
+    )
+    assert task.duration_s == MAX_DURATION_S and task.start_time_ms == start
 
 
 def test_network_task_parses_but_is_not_supported():
@@ -268,6 +293,21 @@ def test_poller_advances_latest_update_time_only_for_usable_commands():
     assert poller.malformed == 1 and poller.ignored == 1
 
 
+def test_a_command_that_breaks_the_parser_costs_only_itself():
+    """A RecursionError (or any other failure) in one command skips it; the valid one starts."""
+    manager, _ = make_manager(EngineSet(lambda: None, EngineConfig()), {"p1": 1})
+    deep = "[" * 100_000 + "]" * 100_000
+    reply = [
+        Cmd(TASK_COMMAND, task_args(TaskId="deep", TaskUpdateTime=900, ExtensionConfigJSON=deep)),
+        Cmd(TASK_COMMAND, {**task_args(), "TaskId": 5}),  # a value that is not text
+        Cmd(TASK_COMMAND, task_args(TaskId="good", TaskUpdateTime=100)),
+    ]
+    poller = TaskPoller(FakeSource([reply]), "agent-1", manager)
+    poller.poll()
+    assert [run.task.task_id for run in manager.runs()] == ["good"]
+    assert poller.malformed == 2 and poller.latest_update_time == 100
+
+
 @pytest.mark.bpf
 def test_duration_counts_from_the_real_start_after_a_slow_engine_load(spawn, workloads):
     """A first compile takes seconds; the task must still profile for its whole duration."""
@@ -289,3 +329,61 @@ def test_duration_counts_from_the_real_start_after_a_slow_engine_load(spawn, wor
         assert manager.runs() and manager.runs()[0].state == "running"
     finally:
         engine_set.close()
+
+
+# -- shutdown -----------------------------------------------------------------
+
+
+class SlowEngine:
+    """Stands in for a BPF engine whose compile is still running at shutdown."""
+
+    def __init__(self, compiling: threading.Event, release: threading.Event) -> None:
+        compiling.set()
+        release.wait(10)
+        self.closed = False
+        self.config = EngineConfig()
+
+    def add_pid(self, pid: int) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_close_during_a_compile_leaves_freeing_to_the_compiling_thread(monkeypatch):
+    """close() cannot wait for LLVM; the thread that compiled frees the program itself."""
+    compiling, release = threading.Event(), threading.Event()
+    built: list[SlowEngine] = []
+    errors: list[Exception] = []
+
+    def make_engine(*args, **kwargs):
+        built.append(SlowEngine(compiling, release))
+        return built[-1]
+
+    monkeypatch.setattr("rover.tasks.engines.make_engine", make_engine)
+    headers = SimpleNamespace(describe=lambda: "test headers")
+    engines = EngineSet(lambda: headers, EngineConfig())
+
+    def start_task():
+        try:
+            engines.acquire(ProfileType.ON_CPU, 1)
+        except BPFLoadError as exc:
+            errors.append(exc)
+
+    starter = threading.Thread(target=start_task)
+    starter.start()
+    assert compiling.wait(5)
+    assert engines.close(timeout=0.2) is False  # still compiling
+    release.set()
+    starter.join(5)
+    assert built[0].closed and engines.loaded() == {}
+    assert errors and "stopping" in str(errors[0])
+    with pytest.raises(BPFLoadError):
+        engines.engine(ProfileType.ON_CPU)  # nothing loads after close
+
+
+def test_stop_all_drains_and_frees_bpf_without_uploading():
+    """At shutdown BPF is freed before the upload: a hung backend cannot hold it."""
+    engine_set = EngineSet(lambda: None, EngineConfig())
+    manager, uploader = make_manager(engine_set, {"p1": 1})
+    assert manager.stop_all(timeout=1.0)
+    assert uploader.flushes == 0

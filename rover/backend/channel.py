@@ -104,11 +104,20 @@ class BackendChannel:
                 log.info("backend %s presents a new certificate; re-pinning it", self.config.addr)
                 self._close_channel_locked()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the channel (calls in flight are cancelled), within ``timeout`` seconds:
+        a pinned-certificate check holding the channel past it leaves the channel to
+        the process's exit."""
+        deadline = time.monotonic() + timeout
         self._closed.set()
-        with self._lock:
-            self._close_channel_locked()
-        self._monitor.join(timeout=5)
+        if self._lock.acquire(timeout=timeout):
+            try:
+                self._close_channel_locked(wait=max(0.0, deadline - time.monotonic()))
+            finally:
+                self._lock.release()
+        else:
+            log.debug("backend channel busy for %.1fs; not closed", timeout)
+        self._monitor.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- building ----------------------------------------------------------------
 
@@ -150,13 +159,13 @@ class BackendChannel:
         )
         return pinned
 
-    def _close_channel_locked(self) -> None:
+    def _close_channel_locked(self, wait: float = 1.0) -> None:
         raw, self._raw, self._stubs = self._raw, None, None
         if raw is None:
             return
         self._cancel_ready_locked()
         raw.unsubscribe(self._on_raw_connectivity)
-        _wait_for_connectivity_polling_to_end(raw)
+        _wait_for_connectivity_polling_to_end(raw, min(1.0, wait))
         raw.close()
 
     # -- connectivity --------------------------------------------------------------

@@ -106,9 +106,16 @@ class BackendClient:
         reply = self._unary("queryTasks", lambda s: s.profiling.queryTasks, request)
         return commands_from_proto(reply)
 
-    def upload(self, messages: Iterable[Profile_pb2.EBPFProfilingData]) -> None:
-        """collectProfilingData: one stream with every message, then wait for the reply."""
-        self._stream("collectProfilingData", lambda s: s.profiling.collectProfilingData, messages)
+    def upload(
+        self, messages: Iterable[Profile_pb2.EBPFProfilingData], timeout: float | None = None
+    ) -> None:
+        """collectProfilingData: one stream with every message, then wait for the reply.
+
+        ``timeout`` shortens the stream's deadline (e.g. to what is left of a shutdown).
+        """
+        self._stream(
+            "collectProfilingData", lambda s: s.profiling.collectProfilingData, messages, timeout
+        )
 
     # -- ContinuousProfilingService -------------------------------------------------------
 
@@ -138,8 +145,9 @@ class BackendClient:
         """collectBatch: one stream, one independent data set per collection."""
         self._stream("collectBatch", lambda s: s.meter.collectBatch, collections)
 
-    def close(self) -> None:
-        self._channel.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the channel, cancelling calls in flight; bounded by ``timeout`` seconds."""
+        self._channel.close(timeout)
 
     def __enter__(self) -> BackendClient:
         return self
@@ -159,10 +167,13 @@ class BackendClient:
         method: str,
         rpc: Callable[[Stubs], Callable[..., Command_pb2.Commands]],
         messages: Iterable[Any],
+        timeout: float | None = None,
     ) -> None:
         batch = list(messages)
-        timeout = self.config.call_timeout + len(batch) * STREAM_SECONDS_PER_MESSAGE
-        self._call(method, rpc, iter(batch), timeout)
+        deadline = self.config.call_timeout + len(batch) * STREAM_SECONDS_PER_MESSAGE
+        if timeout is not None:
+            deadline = min(deadline, timeout)
+        self._call(method, rpc, iter(batch), deadline)
 
     def _call(
         self,

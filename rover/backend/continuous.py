@@ -88,6 +88,8 @@ def policies_from_json(text: str) -> list[ServicePolicy]:
         entries = json.loads(text)
     except ValueError as exc:
         raise PolicyReplyError(f"{POLICY_ARG} is not valid JSON: {exc}") from None
+    except RecursionError:  # deeper than the interpreter's stack; no policy nests that deep
+        raise PolicyReplyError(f"{POLICY_ARG} nests too deeply to parse") from None
     if not isinstance(entries, list):
         raise PolicyReplyError(f"{POLICY_ARG} is a JSON {type(entries).__name__}, not an array")
     policies: list[ServicePolicy] = []
@@ -96,6 +98,13 @@ def policies_from_json(text: str) -> list[ServicePolicy]:
             policies.append(_service_policy(entry))
         except PolicyReplyError as exc:
             log.warning("continuous profiling: policy entry %d skipped: %s", index, exc)
+        except Exception as exc:  # noqa: BLE001 - one bad entry must not cost the others
+            log.warning(
+                "continuous profiling: policy entry %d skipped: %s: %s",
+                index,
+                type(exc).__name__,
+                exc,
+            )
     return policies
 
 

@@ -6,7 +6,9 @@ stream. If the backend cannot be reached the messages stay queued and go out
 with a later flush: nothing is lost unless the queue exceeds ``buffer_size``
 messages, when the oldest are dropped (counted in ``dropped``, logged once per
 episode). Delivery is at least once: a stream that breaks half way is sent
-again whole, and the backend may then count its first part twice.
+again whole, and the backend may then count its first part twice. Until its
+stream is answered a message counts as not delivered (:meth:`undelivered`), so
+a stream the backend accepted but never answered is not reported as delivered.
 
 Task metadata: each add() is one batch with its own ``currentTime`` (the time
 the data was taken, kept strictly increasing per run) and the first message
@@ -55,6 +57,21 @@ class _Pending:
     data: Profile_pb2.EBPFProfilingData
 
 
+@dataclass(frozen=True)
+class Undelivered:
+    """Data not (yet) acknowledged by the backend: queued or in a stream not answered."""
+
+    messages: int = 0
+    samples: int = 0  # on-CPU dumpCount
+    switches: int = 0  # off-CPU switchCount
+
+    def __str__(self) -> str:
+        return (
+            f"{self.messages} messages ({self.samples} on-CPU samples, "
+            f"{self.switches} off-CPU switches)"
+        )
+
+
 class ProfileUploader:
     """Queue of profiling data for the backend, bounded to ``buffer_size`` messages.
 
@@ -74,6 +91,7 @@ class ProfileUploader:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []  # the stream being sent, until it is answered
         self._runs: dict[_RunKey, _Run] = {}
         self._dropping = False
 
@@ -103,27 +121,48 @@ class ProfileUploader:
                 if process_id is None or key.process_id == process_id:
                     del self._runs[key]
 
-    def flush(self) -> bool:
-        """Send everything queued in one stream; False (data kept) if the backend failed."""
-        with self._flush_lock:
+    def undelivered(self) -> Undelivered:
+        """What the backend has not acknowledged: the queue and the stream in flight."""
+        with self._lock:
+            messages = [*self._pending, *self._in_flight]
+        samples = sum(m.data.onCPU.dumpCount for m in messages if m.data.HasField("onCPU"))
+        switches = sum(m.data.offCPU.switchCount for m in messages if m.data.HasField("offCPU"))
+        return Undelivered(len(messages), samples, switches)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything queued in one stream; False (data kept) if the backend failed.
+
+        ``timeout`` bounds the whole call, waiting for another flush included (a final
+        flush at shutdown); None waits for the other flush and uses the client's deadline.
+        """
+        if not self._flush_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False  # another flush is still sending (the backend may be hung)
+        started = time.monotonic()
+        try:
             with self._lock:
                 batch = list(self._pending)
                 self._pending.clear()
+                self._in_flight = batch
             if not batch:
                 return True
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
             try:
-                self.client.upload(_with_metadata(batch))
+                self.client.upload(_with_metadata(batch), timeout=left)
             except BackendUnavailable as e:
                 with self._lock:
                     self.upload_failures += 1
+                    self._in_flight = []
                     self._pending.extendleft(reversed(batch))
                     self._trim_locked()
                 log.debug("upload of %d messages failed, kept for later: %s", len(batch), e)
                 return False
             with self._lock:
+                self._in_flight = []
                 self.uploaded += len(batch)
                 self._dropping = False
             return True
+        finally:
+            self._flush_lock.release()
 
     def _trim_locked(self) -> None:
         excess = len(self._pending) - self.buffer_size

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from rover.bpf.sample_rate import SampleRateTooHigh, check_sample_rate
 from rover.config.errors import ConfigError
 from rover.config.model import (
     AgentConfig,
@@ -32,6 +33,7 @@ from rover.config.model import (
     UnwindMode,
 )
 from rover.config.reader import Section
+from rover.hostfs import HostFS
 
 _LEVELS = {
     "trace": "TRACE",
@@ -61,7 +63,7 @@ def build_agent_config(tree: Any, env: Mapping[str, str], source: str = "") -> A
     logger = _logger(root.section("logger"))
     core = _core(root.section("core"))
     process_discovery = _process_discovery(root.section("process_discovery"))
-    profiling = _profiling(root.section("profiling"))
+    profiling = _profiling(root.section("profiling"), HostFS(core.host_root, core.proc_dir))
     root.finish(_ROVER_ONLY_TOP)
     return AgentConfig(
         logger=logger,
@@ -286,7 +288,7 @@ def _check_analyzers(
                 )
 
 
-def _profiling(s: Section) -> ProfilingConfig:
+def _profiling(s: Section, hostfs: HostFS) -> ProfilingConfig:
     d = ProfilingConfig()
     config = ProfilingConfig(
         active=s.boolean("active", d.active),
@@ -295,7 +297,7 @@ def _profiling(s: Section) -> ProfilingConfig:
         kernel_headers=s.text("kernel_headers", d.kernel_headers).strip(),
         unwind=s.choice("unwind", d.unwind, _UNWIND_MODES),
         unwind_stack_bytes=_unwind_stack_bytes(s, d.unwind_stack_bytes),
-        task=_task(s.section("task")),
+        task=_task(s.section("task"), hostfs),
         continuous=_continuous(s.section("continuous")),
     )
     s.finish()
@@ -312,13 +314,30 @@ def _unwind_stack_bytes(s: Section, default: int) -> int:
     return size
 
 
-def _task(s: Section) -> TaskConfig:
+def _task(s: Section, hostfs: HostFS) -> TaskConfig:
     on_cpu = s.section("on_cpu")
-    config = TaskConfig(
-        on_cpu=OnCpuConfig(dump_period=on_cpu.duration("dump_period", OnCpuConfig().dump_period))
-    )
+    config = TaskConfig(on_cpu=_on_cpu(on_cpu, hostfs))
     on_cpu.finish()
     s.finish(_ROVER_ONLY_TASK)
+    return config
+
+
+def _on_cpu(s: Section, hostfs: HostFS) -> OnCpuConfig:
+    """The sampling period, checked against the host kernel's rate limit: above it every
+    ON_CPU task would fail to attach, with no word about the period."""
+    found = s.setting("dump_period")
+    if found is None:
+        return OnCpuConfig()
+    period = found.as_duration()
+    if period <= 0:  # below a nanosecond rounds to zero
+        raise found.error(f"must be at least 1ns, got {found.text!r}")
+    config = OnCpuConfig(dump_period=period)
+    try:
+        check_sample_rate(config.frequency, hostfs)
+    except SampleRateTooHigh as exc:
+        raise found.error(
+            f"{found.text.strip()} gives {exc}; use {exc.shortest_period} or longer"
+        ) from None
     return config
 
 

@@ -194,6 +194,11 @@ class ProcessDiscoveryConfig:
 class OnCpuConfig:
     dump_period: float = 0.009  # sampling period: 9 ms is 111 samples per second
 
+    @property
+    def frequency(self) -> int:
+        """Samples per second per CPU: the nearest whole number, at least 1."""
+        return max(1, round(1.0 / self.dump_period))
+
 
 @dataclass(frozen=True, slots=True)
 class TaskConfig:

@@ -123,6 +123,11 @@ class ContinuousProfiler:
         for loop in self._loops:
             loop.start()
 
+    @property
+    def loops(self) -> list[PeriodicLoop]:
+        """The running loops (for a caller stopping many loops under one deadline)."""
+        return list(self._loops)
+
     def stop(self) -> None:
         for loop in self._loops:
             loop.stop()

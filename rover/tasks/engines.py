@@ -4,17 +4,25 @@ Pids are reference counted: two tasks profiling the same process share its
 filter entry, and the entry goes when the last of them stops. ``unwind`` picks
 how user stacks are unwound (``rover.unwind.modes``): ``frame_pointer`` (the
 default), ``eh_frame`` or ``auto``.
+
+At shutdown :meth:`EngineSet.stop_loading` refuses new programs, and
+:meth:`EngineSet.close` frees the loaded ones; if a compile is still running when
+close gives up waiting, the compiling thread frees everything as it finishes, so
+no BPF object outlives the set's close by more than that compile and none is freed
+while a thread uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import KernelHeaders
+from rover.bpf.loader import BPFLoadError
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
 from rover.unwind.engine import UnwindSettings
@@ -44,11 +52,14 @@ class EngineSet:
         self._hostfs = hostfs
         self._engines: dict[ProfileType, ProfilerEngine] = {}
         self._refs: dict[ProfileType, Counter[int]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held to load, attach, change filters or close
+        self._handover = threading.Lock()  # orders "close gave up" against a holder leaving
+        self._loading_stopped = threading.Event()
+        self._orphaned = False  # close() gave up waiting: the holder of _lock frees all
 
     def engine(self, profile_type: ProfileType) -> ProfilerEngine:
         """The engine for ``profile_type``, loading it on first use (raises on failure)."""
-        with self._lock:
+        with self._loading():
             engine = self._engines.get(profile_type)
             if engine is None:
                 if self._headers is None:
@@ -73,14 +84,35 @@ class EngineSet:
 
     def acquire(self, profile_type: ProfileType, pid: int) -> None:
         engine = self.engine(profile_type)
-        with self._lock:
+        with self._loading():  # add_pid may compile too (auto unwinding)
             refs = self._refs[profile_type]
             if refs[pid] == 0:
                 engine.add_pid(pid)
             refs[pid] += 1
 
+    @contextlib.contextmanager
+    def _loading(self) -> Iterator[None]:
+        """Hold the set to load or attach; refused once loading stopped."""
+        with self._held():
+            self._refuse_if_stopped()
+            yield
+        self._refuse_if_stopped()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Hold the set. When close() gave up waiting for this holder (a compile), the
+        holder frees every engine as it leaves."""
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            with self._handover:
+                if self._orphaned:
+                    self._close_locked()
+                self._lock.release()
+
     def release(self, profile_type: ProfileType, pid: int) -> None:
-        with self._lock:
+        with self._held():
             refs = self._refs.get(profile_type)
             if not refs or refs[pid] == 0:
                 return
@@ -90,12 +122,38 @@ class EngineSet:
                 self._engines[profile_type].remove_pid(pid)
 
     def loaded(self) -> dict[ProfileType, ProfilerEngine]:
-        with self._lock:
+        with self._held():
             return dict(self._engines)
 
-    def close(self) -> None:
-        with self._lock:
-            for engine in self._engines.values():
-                engine.close()
-            self._engines.clear()
-            self._refs.clear()
+    def stop_loading(self) -> None:
+        """From now on no program is loaded; a compile running now still completes."""
+        self._loading_stopped.set()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Detach and free every engine; nothing loads afterwards.
+
+        Waits up to ``timeout`` seconds (None: as long as it takes) for a compile in
+        progress. False when one was still running then: its thread frees every
+        engine when the compile ends.
+        """
+        self.stop_loading()
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            with self._handover:
+                if not self._lock.acquire(blocking=False):  # still held: hand over
+                    self._orphaned = True
+                    return False
+        try:
+            self._close_locked()
+        finally:
+            self._lock.release()
+        return True
+
+    def _close_locked(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+        self._refs.clear()
+
+    def _refuse_if_stopped(self) -> None:
+        if self._loading_stopped.is_set():
+            raise BPFLoadError("the agent is stopping: no BPF program is loaded any more")

@@ -2,7 +2,9 @@
 
 Threads: the poller calls :meth:`TaskManager.apply`, a scheduler loop calls
 :meth:`tick` (start due tasks, stop finished ones) and the flush loop calls
-:meth:`flush`. One lock serializes them.
+:meth:`flush`. One lock serializes them. At shutdown :meth:`stop_all` drains
+and frees the BPF programs before anything is uploaded: an upload may hang on
+the backend, BPF must not wait for it.
 """
 
 from __future__ import annotations
@@ -225,26 +227,30 @@ class TaskManager:
     def flush(self) -> None:
         """Drain every engine once, hand each task its processes' stacks, upload."""
         with self._lock:
-            runs = [r for r in self._runs.values() if r.state in ("running", "stopping")]
-            by_type: dict[ProfileType, list[TaskRun]] = defaultdict(list)
-            for run in runs:
-                by_type[run.profile_type].append(run)
-            for profile_type, engine in self.engines.loaded().items():
-                drained = engine.drain()
-                for name, n in drained.counters.items():
-                    if n and name != "events":
-                        self.counters[name] += n
-                        log.warning("%s: %d %s in the last interval", profile_type.value, n, name)
-                stacks: dict[int, list[RawStack]] = defaultdict(list)
-                for stack in drained.stacks:
-                    stacks[stack.tgid].append(stack)
-                for run in by_type.get(profile_type, []):
-                    self._upload_run(run, stacks, engine.config.frequency)
-                if profile_type is ProfileType.OFF_CPU:
-                    engine.forget_exited_threads()
-            for run in runs:
-                self._after_flush(run)
+            self._collect_locked()
         self.uploader.flush()
+
+    def _collect_locked(self) -> None:
+        """Drain every engine once into the uploader's queue; finish stopping tasks."""
+        runs = [r for r in self._runs.values() if r.state in ("running", "stopping")]
+        by_type: dict[ProfileType, list[TaskRun]] = defaultdict(list)
+        for run in runs:
+            by_type[run.profile_type].append(run)
+        for profile_type, engine in self.engines.loaded().items():
+            drained = engine.drain()
+            for name, n in drained.counters.items():
+                if n and name != "events":
+                    self.counters[name] += n
+                    log.warning("%s: %d %s in the last interval", profile_type.value, n, name)
+            stacks: dict[int, list[RawStack]] = defaultdict(list)
+            for stack in drained.stacks:
+                stacks[stack.tgid].append(stack)
+            for run in by_type.get(profile_type, []):
+                self._upload_run(run, stacks, engine.config.frequency)
+            if profile_type is ProfileType.OFF_CPU:
+                engine.forget_exited_threads()
+        for run in runs:
+            self._after_flush(run)
 
     def _upload_run(self, run: TaskRun, stacks: dict[int, list[RawStack]], frequency: int) -> None:
         period = 1_000_000_000 // max(1, frequency) if run.profile_type is ProfileType.ON_CPU else 0
@@ -271,13 +277,30 @@ class TaskManager:
             log.info("task %s: every process exited; stopping early", run.task.task_id)
             self._stop(run)
 
-    def stop_all(self) -> None:
-        """Stop every task and upload what was collected (shutdown)."""
-        with self._lock:
+    def stop_all(self, timeout: float | None = None) -> bool:
+        """Shutdown: stop every task, queue what the kernel counted for upload and free
+        the BPF programs, within ``timeout`` seconds (None: no limit). Uploading is the
+        caller's. False when that did not finish in time: a thread was still compiling,
+        and then the programs are freed by that thread when its compile ends.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float:
+            return -1 if deadline is None else max(0.0, deadline - time.monotonic())
+
+        self.engines.stop_loading()  # a task starting now fails instead of compiling
+        if not self._lock.acquire(timeout=left()):
+            log.warning("tasks could not be stopped in time: a BPF program is still compiling")
+            self.engines.close(timeout=0)  # the compiling thread frees them when it is done
+            return False
+        try:
             for run in list(self._runs.values()):
                 self._stop(run)
-        self.flush()
-        self.engines.close()
+            self._collect_locked()
+            # still under the lock: a flush waiting for it then finds no engine to drain
+            return self.engines.close(timeout=None if deadline is None else left())
+        finally:
+            self._lock.release()
 
     # -- inspection ----------------------------------------------------------
     def runs(self) -> list[TaskRun]:

@@ -1,8 +1,14 @@
-"""Profiling tasks as the backend sends them (spec 3.2), parsed and validated."""
+"""Profiling tasks as the backend sends them (spec 3.2), parsed and validated.
+
+Everything in a command comes from the network, so every value is bounded: integers
+fit the protocol's int64, a duration is at most :data:`MAX_DURATION_S` and a start
+time at most :data:`MAX_START_AHEAD_S` ahead. A command outside them is malformed.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +24,9 @@ REQUIRED_ARGS = (
     "TaskStartTime",
     "ExtensionConfigJSON",
 )
+MAX_DURATION_S = 24 * 3600  # a task longer than a day is a mistake (the OAP UI offers minutes)
+MAX_START_AHEAD_S = 7 * 24 * 3600  # scheduling a week ahead is plausible; 50 years is not
+_INT64 = (-(2**63), 2**63 - 1)  # the protocol's times are int64 (latestUpdateTime echoes one)
 
 
 class TaskCommandError(ValueError):
@@ -57,11 +66,12 @@ class ProfilingTask:
         return self.target_type in SUPPORTED_TARGETS
 
 
-def parse_task_command(args: Mapping[str, str]) -> ProfilingTask:
+def parse_task_command(args: Mapping[str, str], now_ms: int | None = None) -> ProfilingTask:
     """Parse the arguments of one ``EBPFProfilingTaskQuery`` command.
 
     Arguments are looked up by key (the OAP adds ``SerialNumber`` and may add
-    others); every key Rover requires must be present and well-formed.
+    others); every key Rover requires must be present, well-formed and within
+    bounds (``now_ms``, default the clock, is what "ahead" is measured from).
     """
     missing = [k for k in REQUIRED_ARGS if k not in args]
     if missing:
@@ -83,25 +93,47 @@ def parse_task_command(args: Mapping[str, str]) -> ProfilingTask:
     duration = _integer(args, "FixedTriggerDuration", task_id)
     if duration <= 0:
         raise TaskCommandError(f"task {task_id}: FixedTriggerDuration must be positive")
-    try:
-        extension = json.loads(args["ExtensionConfigJSON"])
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise TaskCommandError(f"task {task_id}: ExtensionConfigJSON is not JSON ({exc})") from None
+    if duration > MAX_DURATION_S:
+        raise TaskCommandError(
+            f"task {task_id}: FixedTriggerDuration {duration} s is longer than the maximum "
+            f"of {MAX_DURATION_S} s"
+        )
+    start_ms = _integer(args, "TaskStartTime", task_id)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if start_ms > now_ms + MAX_START_AHEAD_S * 1000:
+        raise TaskCommandError(
+            f"task {task_id}: TaskStartTime {start_ms} is more than {MAX_START_AHEAD_S // 86400} "
+            "days ahead"
+        )
     return ProfilingTask(
         task_id=task_id,
         process_ids=process_ids,
         update_time_ms=_integer(args, "TaskUpdateTime", task_id),
         trigger_type=trigger,
         target_type=target,
-        start_time_ms=_integer(args, "TaskStartTime", task_id),
+        start_time_ms=start_ms,
         duration_s=duration,
-        extension_config=extension,
+        extension_config=_json(args["ExtensionConfigJSON"], task_id),
     )
 
 
 def _integer(args: Mapping[str, str], key: str, task_id: str) -> int:
     text = args[key].strip()
+    if len(text) > 20:  # int() of a huge digit string is slow (and refused past 4300 digits)
+        raise TaskCommandError(f"task {task_id}: {key} is not a 64-bit integer: {text[:24]!r}...")
     try:
-        return int(text)
+        number = int(text)
     except ValueError:
         raise TaskCommandError(f"task {task_id}: {key} is not an integer: {text!r}") from None
+    if not _INT64[0] <= number <= _INT64[1]:
+        raise TaskCommandError(f"task {task_id}: {key} is not a 64-bit integer: {text!r}")
+    return number
+
+
+def _json(text: str, task_id: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a bad escape
+        raise TaskCommandError(f"task {task_id}: ExtensionConfigJSON is not JSON ({exc})") from None
+    except RecursionError:  # deeper than the interpreter's stack; no schema nests that deep
+        raise TaskCommandError(f"task {task_id}: ExtensionConfigJSON nests too deeply") from None

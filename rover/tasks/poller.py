@@ -26,7 +26,8 @@ class TaskPoller:
 
     The time advances to the newest update time among commands that parsed
     and whose processes are all known here; a malformed command or one naming
-    unknown processes does not advance it, so it is asked for again.
+    unknown processes does not advance it, so it is asked for again. Whatever
+    goes wrong parsing one command skips that command only, never the reply.
     """
 
     def __init__(self, source: TaskSource, agent_id: str, manager: TaskManager) -> None:
@@ -50,6 +51,12 @@ class TaskPoller:
             except TaskCommandError as exc:
                 self.malformed += 1
                 log.warning("malformed profiling task command skipped: %s", exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad command must never cost the reply
+                self.malformed += 1
+                log.warning(
+                    "malformed profiling task command skipped: %s: %s", type(exc).__name__, exc
+                )
                 continue
             if self.manager.apply(task):
                 self.latest_update_time = max(self.latest_update_time, task.update_time_ms)
