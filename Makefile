@@ -29,7 +29,9 @@ bench: setup
 	$(PY) bench/bench_drain.py
 	$(PY) bench/bench_unwind.py
 	$(PY) bench/bench_agent.py
+	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_continuous.py
+	$(PY) bench/bench_convert.py
 
 clean:
 	rm -rf build .pytest_cache tests/artifacts

@@ -36,7 +36,7 @@ def run_checks(
     headers: KernelHeaders | None = None
     try:
         headers = search.find()
-        results.append(CheckResult("kernel headers", True, headers.describe()))
+        results.append(CheckResult("kernel headers", True, headers.describe_for_user()))
     except KernelHeadersNotFound as exc:
         results.append(CheckResult("kernel headers", False, str(exc)))
     for profile_type in ProfileType:

@@ -16,9 +16,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rover import __version__
 from rover.units import frequency_from_period, parse_duration
+
+if TYPE_CHECKING:
+    from rover.bpf.headers import KernelHeaders
+    from rover.hostfs import HostFS
+    from rover.profile import ProfileType
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -43,10 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    prof = sub.add_parser("profile", help="profile processes on this machine and write a file")
+    prof = sub.add_parser(
+        "profile",
+        help="profile processes on this machine and write a file",
+        description="Compile the BPF program (a few seconds, more on a busy machine), sample "
+        "for --duration, then write the output. Ctrl-C (or SIGTERM) stops early, at any "
+        "moment, and still writes the output.",
+    )
     prof.add_argument("--pid", required=True, help="process id(s), comma separated")
-    prof.add_argument("--type", default="on-cpu", choices=["on-cpu", "off-cpu"])
-    prof.add_argument("--duration", default="30s", help="how long, e.g. 500ms, 30s, 2m")
+    prof.add_argument(
+        "--type",
+        default="on-cpu",
+        choices=["on-cpu", "off-cpu"],
+        help="on-cpu: where they run; off-cpu: where they wait (default: %(default)s)",
+    )
+    prof.add_argument(
+        "--duration",
+        default="30s",
+        help="how long to sample, counted once the program is compiled, e.g. 500ms, 30s, 2m "
+        "(default: %(default)s)",
+    )
     rate = prof.add_mutually_exclusive_group()
     rate.add_argument("--frequency", type=int, help="on-CPU samples per second (default 99)")
     rate.add_argument("--period", help="on-CPU sampling period instead, e.g. 9ms")
@@ -64,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument(
         "--kernel-headers", help="kernel headers directory to use if the host has none"
     )
-    prof.add_argument("--host-root", default="/", help="where the host's / is mounted (default /)")
+    prof.add_argument(
+        "--host-root", default="/", help="where the host's / is mounted (default: %(default)s)"
+    )
     prof.add_argument(
         "--unwind",
         default="auto",
@@ -81,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="can profiling work on this machine?")
     check.add_argument("--kernel-headers", help="kernel headers directory to consider")
-    check.add_argument("--host-root", default="/", help="where the host's / is mounted")
+    check.add_argument(
+        "--host-root", default="/", help="where the host's / is mounted (default: %(default)s)"
+    )
 
     readable = ".folded .txt .pb.gz .pprof .speedscope.json"
     convert = sub.add_parser("convert", help="convert a profile file to another format")
@@ -89,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "output", help="file to write; the format follows the extension (as for `rover profile`)"
     )
-    _add_input_arguments(convert)
+    _add_input_arguments(convert, title="title of an html/svg flame graph or a speedscope file")
 
     diff = sub.add_parser("diff", help="differential flame graph: what grew, what shrank")
     diff.add_argument("before", help=f"the baseline profile: {readable}")
@@ -97,18 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument(
         "--output", "-o", default="rover-diff.html", help="HTML file (default: %(default)s)"
     )
-    _add_input_arguments(diff)
+    _add_input_arguments(diff, title="title of the differential flame graph")
     return parser
 
 
-def _add_input_arguments(command: argparse.ArgumentParser) -> None:
+def _add_input_arguments(command: argparse.ArgumentParser, title: str) -> None:
+    """The flags `rover convert` and `rover diff` share; ``title`` is --title's help."""
     command.add_argument("--value", help="number to show, as for `rover profile`")
-    command.add_argument("--title", help="title of the flame graph (html, svg, speedscope)")
+    command.add_argument("--title", help=title)
     command.add_argument(
         "--input-type",
         choices=["on-cpu", "off-cpu"],
-        help="what the numbers of folded stacks (and other tools' speedscope files) measure: "
-        "on-cpu samples (default) or off-cpu microseconds; pprof files say it themselves",
+        help="what bare numbers measure in files that do not say (other tools' folded stacks "
+        "and speedscope files): on-cpu samples (default) or off-cpu microseconds; pprof "
+        "files and rover's own folded and speedscope files say it themselves",
     )
 
 
@@ -177,16 +205,35 @@ def _profile_settings(args: argparse.Namespace) -> tuple[list[int], float, int]:
         raise UsageError(f"--duration: {exc}") from None
     if duration <= 0:
         raise UsageError(f"--duration {args.duration!r}: must be greater than zero")
+    return pids, duration, _sampling_frequency(args)
+
+
+MAX_FREQUENCY = 10_000  # samples per second per CPU `rover profile` allows
+
+
+def _sampling_frequency(args: argparse.Namespace) -> int:
+    """--frequency, or --period as a frequency; errors name the flag that was given."""
+    from rover.bpf.sample_rate import SampleRateTooHigh, check_sample_rate
+    from rover.hostfs import HostFS
+
     if args.period is not None:
+        flag = f"--period {args.period}"
         try:
             frequency = frequency_from_period(args.period)
         except ValueError as exc:
             raise UsageError(f"--period: {exc}") from None
+        if frequency > MAX_FREQUENCY:
+            raise UsageError(f"{flag}: shorter than the minimum of {1_000_000 // MAX_FREQUENCY}us")
     else:
         frequency = 99 if args.frequency is None else args.frequency
-    if not 1 <= frequency <= 10_000:
-        raise UsageError(f"--frequency {frequency}: must be between 1 and 10000 samples per second")
-    return pids, duration, frequency
+        flag = f"--frequency {frequency}" + (" (the default)" if args.frequency is None else "")
+        if not 1 <= frequency <= MAX_FREQUENCY:
+            raise UsageError(f"{flag}: must be between 1 and {MAX_FREQUENCY} samples per second")
+    try:
+        check_sample_rate(frequency, HostFS(args.host_root))
+    except SampleRateTooHigh as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return frequency
 
 
 @dataclass(frozen=True)
@@ -229,18 +276,20 @@ def validate_profile_args(args: argparse.Namespace) -> ProfileRequest:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    # Before anything slow: a Ctrl-C or SIGTERM during start-up or the compile must stop
+    # the run and still write the output, not be lost (or kill us) before sampling starts.
+    stop = threading.Event()
+    _install_stop_handlers(stop)
     request = validate_profile_args(args)
 
-    from rover.bpf.engine import EngineConfig
     from rover.bpf.headers import HeaderSearch, KernelHeadersNotFound
-    from rover.bpf.loader import BPFLoadError
     from rover.bpf.tracefs import ensure_tracefs
+    from rover.empty_profile import explain_empty, read_activity
     from rover.hostfs import HostFS, ProcessGone
     from rover.profile import ProfileType
     from rover.symbols import Symbolizer
     from rover.tasks.runner import ProfilingRunner
     from rover.tasks.timed_run import run_for
-    from rover.unwind.modes import AutoUnwindEngine, make_engine
 
     profile_type = ProfileType(request.profile_type)
     hostfs = HostFS(request.host_root)
@@ -250,21 +299,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
         headers = HeaderSearch(hostfs=hostfs, configured_dir=request.kernel_headers).find()
     except KernelHeadersNotFound as exc:
         raise RuntimeFailure(str(exc)) from None
-    _status(args, f"compiling the {profile_type.value} BPF program ({headers.describe()})")
-    try:
-        engine = make_engine(
-            profile_type, headers, EngineConfig(frequency=request.frequency), request.unwind,
-            hostfs=hostfs,
-        )  # fmt: skip
-        if isinstance(engine, AutoUnwindEngine):
-            engine.prepare(request.pids)  # compile what the targets need now
-    except BPFLoadError as exc:
-        reason = str(exc).splitlines()[0]
-        raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None
-    stop = threading.Event()
-    _install_stop_handlers(stop)
+    _status(args, f"kernel headers: {headers.describe_for_user()}")
+    _status(
+        args,
+        f"compiling the {profile_type.value} BPF program "
+        "(a few seconds; Ctrl-C now stops the run as soon as it is compiled)",
+    )
+    if stop.is_set():
+        return _stopped_before_sampling(request, profile_type)
+    engine = _load_engine(request, profile_type, headers, hostfs)
+    if stop.is_set():  # the signal came during the compile, which cannot be interrupted
+        engine.close()
+        return _stopped_before_sampling(request, profile_type)
     runner = ProfilingRunner(engine, Symbolizer(hostfs), request.pids, hostfs)
     progress = _ProgressDisplay(enabled=not args.quiet, profile_type=profile_type)
+    activity_before = read_activity(hostfs, request.pids)
     try:
         outcome = run_for(runner, request.duration, stop, on_progress=progress.update)
     except ProcessGone as exc:
@@ -272,12 +321,53 @@ def cmd_profile(args: argparse.Namespace) -> int:
     finally:
         progress.finish()
         engine.close()
+    activity_after = read_activity(hostfs, request.pids)
     if outcome.ended_by == "stopped":
         _status(args, f"stopped early after {outcome.elapsed:.1f}s")
     elif outcome.ended_by == "exited":
         _status(args, f"every target process exited after {outcome.elapsed:.1f}s")
     written = _write_output(outcome.profile, request.output, request.value)
-    _print_summary(outcome.profile, written, outcome.elapsed)
+    _print_summary(outcome.profile, written, outcome.elapsed, request.value)
+    if outcome.profile.total(0) == 0:
+        why = explain_empty(
+            profile_type, activity_before, activity_after, request.frequency, outcome.elapsed
+        )
+        print(f"note: the profile is empty: {why}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _load_engine(
+    request: ProfileRequest, profile_type: ProfileType, headers: KernelHeaders, hostfs: HostFS
+):
+    """Compile, load and attach the program(s) the targets need; RuntimeFailure if not."""
+    from rover.bpf.engine import EngineConfig
+    from rover.bpf.loader import BPFLoadError
+    from rover.unwind.modes import AutoUnwindEngine, make_engine
+
+    config = EngineConfig(frequency=request.frequency)
+    try:
+        engine = make_engine(profile_type, headers, config, request.unwind, hostfs=hostfs)
+        if isinstance(engine, AutoUnwindEngine):
+            engine.prepare(request.pids)  # compile what the targets need now
+    except BPFLoadError as exc:
+        reason = str(exc).splitlines()[0]
+        raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None
+    return engine
+
+
+def _stopped_before_sampling(request: ProfileRequest, profile_type: ProfileType) -> int:
+    """Ctrl-C before sampling started: as at any other moment, stop and write the output
+    (empty here), so scripts find the file they asked for."""
+    from rover.profile import Profile
+
+    profile = Profile.new(profile_type, start_time_ns=time.time_ns())
+    print(
+        "stopped before sampling started (the signal came during start-up or the BPF "
+        "compile, which cannot be interrupted): the output holds no samples",
+        file=sys.stderr,
+    )
+    written = _write_output(profile, request.output, request.value)
+    _print_summary(profile, written, 0.0, request.value)
     return EXIT_OK
 
 
@@ -301,9 +391,13 @@ def _write_output(profile, output: str, value: str | None) -> str:
         ) from None
 
 
-def _print_summary(profile, path: str, elapsed: float) -> None:
-    first = profile.value_types[0]
-    total = profile.total(0)
+def _print_summary(profile, path: str, elapsed: float, value: str | None = None) -> None:
+    """One line about what was written: the total of the value written, in its unit."""
+    from rover.export.summary import format_total
+    from rover.export.values import select_value
+
+    view = select_value(profile, value)
+    total = view.total(values[view.index] for values in profile.samples.values())
     unsymbolized = profile.counters.get("unsymbolized_frames", 0)
     dropped = {
         k: v
@@ -311,7 +405,7 @@ def _print_summary(profile, path: str, elapsed: float) -> None:
         if v and k not in ("unsymbolized_frames", "stacks_empty")
     }
     print(
-        f"wrote {path}: {total} {first.type}, {len(profile)} distinct stacks, "
+        f"wrote {path}: {format_total(total, view)}, {len(profile)} distinct stacks, "
         f"{elapsed:.1f}s, {unsymbolized} unsymbolized frames"
     )
     if dropped:
@@ -367,13 +461,14 @@ class _ProgressDisplay:
 
 
 def _read_input(path: str, input_type: str | None):
-    """Read a profile file; unreadable or corrupt input is a usage error (exit 2)."""
-    from rover.export import CorruptProfile, UnsupportedFormat, read_profile
+    """Read a profile file into a StackTable; unreadable, corrupt or out-of-range
+    input (including over the size limits) is a usage error (exit 2)."""
+    from rover.export import CorruptProfile, UnsupportedFormat, read_table
     from rover.profile import ProfileType
 
     profile_type = ProfileType(input_type) if input_type else None
     try:
-        return read_profile(path, profile_type)
+        return read_table(path, profile_type)
     except (UnsupportedFormat, CorruptProfile) as exc:
         raise UsageError(str(exc)) from None
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
@@ -392,17 +487,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
         format_for_path(args.output)
     except UnsupportedFormat as exc:
         raise UsageError(str(exc)) from None
-    profile = _read_input(args.input, args.input_type)
+    table = _read_input(args.input, args.input_type)
     try:
-        view = select_value(profile, args.value)
+        view = select_value(table.header, args.value)
     except ValueError as exc:
         raise UsageError(f"--value: {exc}") from None
     try:
-        write_profile(profile, args.output, value=args.value, title=args.title)
+        write_profile(table, args.output, value=args.value, title=args.title)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write {args.output}: {exc.strerror or exc}") from None
-    total = sum(view.of(values) for _, values in profile)
-    print(f"wrote {args.output}: {len(profile)} distinct stacks, {total} {view.unit}")
+    total = view.total(table.values[view.index])
+    print(f"wrote {args.output}: {len(table)} distinct stacks, {total} {view.unit}")
     return EXIT_OK
 
 
@@ -434,6 +529,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    _install_stop_handlers(stop)  # before the slow imports: a SIGTERM then is a clean exit
     from rover.config import ConfigError, load_config
     from rover.logs import configure_logging
 
@@ -460,7 +557,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise RuntimeFailure(f"Kubernetes discovery: {exc}") from None
     except HealthAddressError as exc:
         raise RuntimeFailure(str(exc)) from None
-    agent.run_until_signalled()
+    agent.run_until_signalled(stop)
     return EXIT_OK
 
 

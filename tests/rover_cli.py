@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,17 @@ from pathlib import Path
 ROVER = [sys.executable, "-m", "rover.cli"]
 
 
-def rover(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def rover(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `rover ARGS`; ``env`` is added to this process's environment."""
     return subprocess.run(
-        [*ROVER, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*ROVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 

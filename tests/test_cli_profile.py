@@ -1,13 +1,22 @@
 """`rover profile` end to end on real workloads, with real BPF."""
 
+import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from rover_cli import folded_stacks, rover, start_rover, user_frames, wait_for_stderr_line
+from rover_cli import (
+    ROVER,
+    folded_stacks,
+    rover,
+    start_rover,
+    user_frames,
+    wait_for_stderr_line,
+)
 
 pytestmark = pytest.mark.bpf
 
@@ -148,6 +157,187 @@ def test_ctrl_c_stops_early_and_still_writes(workloads, spawn, tmp_path):
     assert out.is_file() and "c_hot_spin" in out.read_text()
 
 
+def wait_until_compiling(proc, timeout=60):
+    """Until bcc compiles in ``proc``: the loader points fd 2 at its compiler log
+    (rover-bcc-*.log) for exactly as long as a compile runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if "/rover-bcc-" in os.readlink(f"/proc/{proc.pid}/fd/2"):
+                return
+        time.sleep(0.002)
+    raise AssertionError("rover did not start compiling")
+
+
+def interrupt_rover(pid, out, when, sig=signal.SIGINT, ignore_sigint=False):
+    """Start `rover profile --duration 30s`, send ``sig`` ``when`` seconds later (or, with
+    ``when="compiling"``, while bcc compiles) and wait: (exit code, stderr, seconds from
+    the signal to the exit)."""
+    argv = ["profile", "--pid", str(pid), "--duration", "30s", "-o", str(out)]
+    if ignore_sigint:  # as `rover ... &` from a script starts it: SIGINT ignored
+        proc = subprocess.Popen(
+            [*ROVER, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )  # fmt: skip
+    else:
+        proc = start_rover(*argv)
+    try:
+        if when == "compiling":
+            wait_until_compiling(proc)
+        else:
+            time.sleep(when)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+        return proc.returncode, stderr, time.monotonic() - sent
+    finally:
+        proc.kill()
+
+
+# Stopping waits for a compile under way (bcc's C++ cannot be interrupted): seconds on a
+# busy machine; never the 30 s the run asked for.
+STOP_WITHIN = 15
+
+
+@pytest.mark.parametrize("when", [1.0, 3.0, "compiling"])
+def test_ctrl_c_at_any_moment_stops_soon_and_still_writes(when, workloads, spawn, tmp_path):
+    process = spawn([workloads.build("hot_c_fp")])
+    out = tmp_path / "early.folded"
+    code, stderr, took = interrupt_rover(process.pid, out, when)
+    assert code == 0, stderr
+    assert took < STOP_WITHIN, stderr
+    assert out.is_file(), stderr
+    assert "stopped early" in stderr or "stopped before sampling started" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_during_the_compile_writes_an_empty_profile(workloads, spawn, tmp_path):
+    process = spawn([workloads.build("hot_c_fp")])
+    out = tmp_path / "during-compile.html"
+    code, stderr, took = interrupt_rover(process.pid, out, "compiling")
+    assert code == 0, stderr
+    assert "stopped before sampling started" in stderr
+    assert "the output holds no samples" in stderr
+    assert out.is_file() and "<html" in out.read_text().lower()
+
+
+def test_sigterm_during_the_compile_stops_the_same_way(workloads, spawn, tmp_path):
+    process = spawn([workloads.build("hot_c_fp")])
+    out = tmp_path / "sigterm.folded"
+    code, stderr, took = interrupt_rover(process.pid, out, "compiling", sig=signal.SIGTERM)
+    assert (code, took < STOP_WITHIN, out.is_file()) == (0, True, True), stderr
+
+
+def test_ctrl_c_works_when_started_in_the_background_of_a_script(workloads, spawn, tmp_path):
+    """A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop us."""
+    process = spawn([workloads.build("hot_c_fp")])
+    out = tmp_path / "background.folded"
+    code, stderr, took = interrupt_rover(process.pid, out, 1.0, ignore_sigint=True)
+    assert (code, took < STOP_WITHIN, out.is_file()) == (0, True, True), stderr
+
+
+def test_a_run_killed_while_compiling_leaves_no_compiler_log(workloads, spawn):
+    process = spawn([workloads.build("hot_c_fp")])
+    proc = start_rover("profile", "--pid", str(process.pid), "--duration", "30s", "-q")
+    try:
+        wait_until_compiling(proc)
+        log = os.readlink(f"/proc/{proc.pid}/fd/2")
+        proc.kill()  # SIGKILL: no clean-up code runs
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert log.endswith(" (deleted)"), log  # unlinked from the start
+    assert not Path(log.removesuffix(" (deleted)")).exists()
+
+
+def running_kernel_headers_release() -> str:
+    """The release the headers at /lib/modules/$(uname -r)/build say they are for."""
+    from rover.bpf.headers import HeaderSearch
+
+    return HeaderSearch().find().release
+
+
+def test_profile_and_check_say_whether_the_headers_match_the_running_kernel(spawn, tmp_path):
+    headers, running = running_kernel_headers_release(), os.uname().release
+    if headers == running:
+        expected = ", matching the running kernel"
+    else:  # this machine runs a kernel Debian ships no headers for (see scripts/setup.sh)
+        expected = f", which do not match the running kernel {running}; usable: "
+    idle = spawn(["sleep", "1000"], wait_ready=False)
+    profiled = rover(
+        "profile", "--pid", str(idle.pid), "--duration", "0.5s", "-o", str(tmp_path / "p.folded")
+    )
+    checked = rover("check")
+    line = next(ln for ln in profiled.stderr.splitlines() if ln.startswith("kernel headers:"))
+    assert f"kernel headers: host headers {headers} at " in line and expected in line
+    line = next(ln for ln in checked.stdout.splitlines() if "kernel headers" in ln)
+    assert line.startswith(f"[  ok] kernel headers   host headers {headers} at ")
+    assert expected in line
+
+
+def test_check_says_headers_of_the_running_kernel_match(tmp_path, monkeypatch):
+    """A host root whose /lib/modules/$(uname -r)/build is a tree of exactly that release.
+
+    The tree only has what the search looks for, so the compiles are left out (bcc
+    crashes compiling against a tree this incomplete)."""
+    import rover.check
+    from rover.bpf.headers import REQUIRED_BUILD_FILES, REQUIRED_SOURCE_FILES
+    from rover.hostfs import HostFS
+
+    running = os.uname().release
+    tree = tmp_path / "usr" / "src" / f"linux-headers-{running}"
+    for name, text in [
+        *((name, "") for name in REQUIRED_SOURCE_FILES + REQUIRED_BUILD_FILES),
+        ("include/config/kernel.release", running + "\n"),
+    ]:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+    moddir = tmp_path / "lib" / "modules" / running
+    moddir.mkdir(parents=True)
+    os.symlink(f"/usr/src/{tree.name}", moddir / "build")
+    skipped = rover.check.CheckResult("compile", True, "not tried")
+    monkeypatch.setattr(rover.check, "_can_profile", lambda *_: skipped)
+    monkeypatch.setattr(rover.check, "_can_unwind_eh_frame", lambda *_: skipped)
+    results = rover.check.run_checks(HostFS(tmp_path))
+    line = next(r.line() for r in results if r.name == "kernel headers")
+    expected = f"host headers {running} at {tree}, matching the running kernel"
+    assert line == f"[  ok] kernel headers   {expected}"
+
+
+def test_kernel_thread_profile_is_empty_and_says_why(tmp_path):
+    out = tmp_path / "kthreadd.folded"
+    result = rover("profile", "--pid", "2", "--duration", "1s", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and out.read_text() == ""
+    note = result.stderr.strip().splitlines()[-1]
+    assert note.startswith("note: the profile is empty: pid 2 (kthreadd) is a kernel thread")
+    assert "no user stack" in note and "did not run on a CPU" in note
+
+
+@pytest.mark.parametrize(
+    ("profile_type", "reason"),
+    [
+        ("on-cpu", "did not run on a CPU while it was sampled (0 ms of CPU time)"),
+        (
+            "off-cpu",
+            "stayed asleep the whole time: off-CPU time is counted when a thread wakes up, "
+            "and none did",
+        ),
+    ],
+)
+def test_idle_process_profile_is_empty_and_says_why(profile_type, reason, spawn, tmp_path):
+    idle = spawn(["sleep", "1000"], wait_ready=False)
+    out = tmp_path / "idle.pb.gz"
+    result = rover(
+        "profile", "--pid", str(idle.pid), "--type", profile_type, "--duration", "1s",
+        "-o", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+    note = result.stderr.strip().splitlines()[-1]
+    assert note == f"note: the profile is empty: pid {idle.pid} (sleep) {reason}"
+
+
 def test_process_exiting_mid_profile_is_not_an_error(workloads, spawn, tmp_path):
     process = spawn([workloads.build("block_c"), "50", "10"])
     out = tmp_path / "exits.folded"
@@ -166,17 +356,19 @@ def test_process_exiting_mid_profile_is_not_an_error(workloads, spawn, tmp_path)
     assert any(is_sleep_stack(frames) for frames, _ in folded_stacks(out))
 
 
-def test_unwritable_output_fails_but_keeps_the_data(workloads, spawn):
+def test_unwritable_output_fails_but_keeps_the_data(workloads, spawn, tmp_path):
     process = spawn([workloads.build("hot_c_fp")])
     result = rover(
-        "profile", "--pid", str(process.pid), "--duration", "1s", "-o", "/proc/rover.folded"
-    )
+        "profile", "--pid", str(process.pid), "--duration", "1s", "-o", "/proc/rover.folded",
+        env={"TMPDIR": str(tmp_path)},  # where the profile is saved instead: not left in /tmp
+    )  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "cannot write /proc/rover.folded" in line and "saved to" in line
-    saved = line.rsplit("saved to ", 1)[1].strip()
-    assert "c_hot_spin" in Path(saved).read_text()
+    saved = Path(line.rsplit("saved to ", 1)[1].strip())
+    assert saved.parent == tmp_path
+    assert "c_hot_spin" in saved.read_text()
 
 
 def test_check_reports_everything_and_succeeds_here():

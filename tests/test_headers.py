@@ -5,20 +5,29 @@ from pathlib import Path
 
 import pytest
 
-from rover.bpf.headers import HeaderSearch, KernelHeadersNotFound
+from rover.bpf.headers import (
+    MISMATCH_IS_FINE,
+    REQUIRED_BUILD_FILES,
+    REQUIRED_SOURCE_FILES,
+    HeaderSearch,
+    KernelHeadersNotFound,
+)
 from rover.hostfs import HostFS
 
 RELEASE = "6.1.0-13-amd64"
 
 
 def make_tree(root: Path, name: str, *, source: bool = True, generated: bool = True) -> Path:
+    """A header tree with (only) the files the search requires."""
     tree = root / name
-    if source:
-        (tree / "include" / "linux").mkdir(parents=True)
-        (tree / "include" / "linux" / "kconfig.h").write_text("")
+    files = [
+        *(REQUIRED_SOURCE_FILES if source else ()),
+        *(REQUIRED_BUILD_FILES if generated else ()),
+    ]
+    for file in files:
+        (tree / file).parent.mkdir(parents=True, exist_ok=True)
+        (tree / file).write_text("")
     if generated:
-        (tree / "include" / "generated").mkdir(parents=True, exist_ok=True)
-        (tree / "include" / "generated" / "autoconf.h").write_text("")
         (tree / "include" / "config").mkdir(parents=True, exist_ok=True)
         (tree / "include" / "config" / "kernel.release").write_text(name + "\n")
     return tree
@@ -99,6 +108,23 @@ def test_incomplete_tree_is_skipped_and_reported(tmp_path):
     assert "shipped" in message
 
 
+@pytest.mark.parametrize("missing", REQUIRED_SOURCE_FILES)
+def test_tree_without_a_header_the_programs_include_is_refused(tmp_path, missing):
+    """bcc crashes (SIGSEGV) compiling against a tree missing one of these, instead of
+    reporting the error: such a tree is never handed to it."""
+    tree = make_tree(tmp_path, "linux-headers-partial")
+    (tree / missing).unlink()
+    search = HeaderSearch(
+        hostfs=HostFS(tmp_path / "empty"),
+        configured_dir=str(tree),
+        shipped_dir=str(tmp_path / "none"),
+        release=RELEASE,
+    )
+    with pytest.raises(KernelHeadersNotFound) as err:
+        search.find()
+    assert str(tree / missing) in str(err.value)
+
+
 @pytest.mark.bpf
 def test_configured_headers_really_compile(tmp_path):
     """The fallback path works for real: no host headers, a configured Debian split tree."""
@@ -115,3 +141,47 @@ def test_configured_headers_really_compile(tmp_path):
     assert headers.origin == "configured"
     engine = ProfilerEngine(ProfileType.OFF_CPU, headers)
     engine.close()
+
+
+def release_tree(root: Path, release: str) -> Path:
+    """A header tree saying it is for kernel ``release`` (include/config/kernel.release)."""
+    tree = make_tree(root, f"linux-headers-{release}")
+    (tree / "include" / "config" / "kernel.release").write_text(release + "\n")
+    return tree
+
+
+def test_headers_of_the_running_kernel_say_they_match(tmp_path):
+    tree = release_tree(tmp_path, RELEASE)
+    found = HeaderSearch(
+        hostfs=HostFS(tmp_path / "empty"), configured_dir=str(tree), release=RELEASE
+    ).find()
+    assert found.matches_running is True
+    expected = f"configured headers {RELEASE} at {tree}, matching the running kernel"
+    assert found.describe() == expected
+    assert found.describe_for_user() == expected  # nothing to excuse
+
+
+def test_headers_of_another_kernel_say_so_and_why_they_still_work(tmp_path):
+    tree = release_tree(tmp_path / "shipped", "6.12.118+deb12-amd64")
+    found = HeaderSearch(
+        hostfs=HostFS(tmp_path / "empty"), shipped_dir=str(tree.parent), release="6.18.44"
+    ).find()
+    assert found.matches_running is False
+    mismatch = (
+        f"shipped headers 6.12.118+deb12-amd64 at {tree}, "
+        "which do not match the running kernel 6.18.44"
+    )
+    assert found.describe() == mismatch
+    assert found.describe_for_user() == f"{mismatch}; {MISMATCH_IS_FINE}"
+
+
+def test_headers_of_unknown_version_say_so(tmp_path):
+    tree = make_tree(tmp_path, "mystery")
+    (tree / "include" / "config" / "kernel.release").unlink()
+    found = HeaderSearch(
+        hostfs=HostFS(tmp_path / "empty"), configured_dir=str(tree), release=RELEASE
+    ).find()
+    assert found.matches_running is None
+    assert found.describe() == (
+        f"configured headers of unknown version at {tree} (running kernel {RELEASE})"
+    )

@@ -41,19 +41,65 @@ class KernelHeadersNotFound(Exception):
     """No usable kernel headers; the message lists what was tried."""
 
 
+# Why headers of another kernel version compile working programs: what bpf/*.c reads of
+# the kernel is the stable pt_regs layout, perf-event context and tracepoint fields (bcc
+# takes those from the running kernel's tracefs), never a struct that changes per version.
+MISMATCH_IS_FINE = (
+    "usable: rover's BPF programs read no kernel struct whose layout changes between versions"
+)
+
+
+# What a header tree must have to be used: bcc's own prologue and what bpf/*.c include.
+# An incomplete tree is refused here: bcc 0.26 crashes (SIGSEGV in its AST visitor)
+# rather than report the compile errors a missing header causes.
+REQUIRED_SOURCE_FILES = (
+    "include/linux/kconfig.h",
+    "include/linux/types.h",
+    "include/linux/sched.h",
+    "include/uapi/linux/ptrace.h",
+    "include/uapi/linux/bpf_perf_event.h",
+)
+REQUIRED_BUILD_FILES = ("include/generated/autoconf.h",)
+
+
 @dataclass(frozen=True)
 class KernelHeaders:
-    """A usable header set: ``source`` has include/linux, ``build`` the generated files."""
+    """A usable header set: ``source`` has include/linux, ``build`` the generated files.
+
+    ``release`` is the headers' kernel release ("" if the tree does not say), ``running``
+    the release of the kernel they are used for.
+    """
 
     source: Path
     build: Path
     origin: str  # "host", "configured" or "shipped"
     release: str = ""
+    running: str = ""
+
+    @property
+    def matches_running(self) -> bool | None:
+        """Whether the headers are the running kernel's; None when either is unknown."""
+        if not self.release or not self.running:
+            return None
+        return self.release == self.running
 
     def describe(self) -> str:
+        """Where the headers came from (host, configured, shipped), where they are, and
+        whether their version is the running kernel's."""
         where = str(self.source) if self.source == self.build else f"{self.build} + {self.source}"
-        rel = f", kernel {self.release}" if self.release else ""
-        return f"{self.origin} headers at {where}{rel}"
+        version = f" {self.release}" if self.release else " of unknown version"
+        text = f"{self.origin} headers{version} at {where}"
+        if self.matches_running:
+            return text + ", matching the running kernel"
+        if self.matches_running is False:
+            return text + f", which do not match the running kernel {self.running}"
+        return text + (f" (running kernel {self.running})" if self.running else "")
+
+    def describe_for_user(self) -> str:
+        """:meth:`describe`, plus why headers of another version still work."""
+        if self.matches_running:
+            return self.describe()
+        return f"{self.describe()}; {MISMATCH_IS_FINE}"
 
     def bcc_environment(self) -> dict[str, str]:
         return {"BCC_KERNEL_SOURCE": str(self.source)}
@@ -160,15 +206,15 @@ class HeaderSearch:
         missing = [
             str(p)
             for p in (
-                source / "include" / "linux" / "kconfig.h",
-                build / "include" / "generated" / "autoconf.h",
+                *(source / name for name in REQUIRED_SOURCE_FILES),
+                *(build / name for name in REQUIRED_BUILD_FILES),
             )
             if not p.is_file()
         ]
         if missing:
             self.tried.append(f"{label} (missing {', '.join(missing)})")
             return None
-        return KernelHeaders(source, build, origin, _tree_release(build))
+        return KernelHeaders(source, build, origin, _tree_release(build), self.release)
 
 
 def _resolve_in_root(root: Path, path: Path, depth: int = 0) -> Path | None:

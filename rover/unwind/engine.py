@@ -27,7 +27,9 @@ import contextlib
 import ctypes as ct
 import logging
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rover.bpf.counts import (
@@ -148,6 +150,10 @@ class DwarfProfilerEngine:
         self.unwinder = Unwinder(self.spaces)
         self._lock = threading.Lock()  # the program, the pid set
         self._ring_lock = threading.Lock()  # ring buffer consumption and the counts
+        # How many other threads wait for _ring_lock: the consumer, which would re-take it
+        # right after each poll, steps aside for them (a lock does not queue waiters fairly).
+        self._ring_waiters = 0
+        self._waiters_lock = threading.Lock()
         self._pids: set[int] = set()
         self._forget_after_drain: set[int] = set()
         self._counts: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[int]] = {}
@@ -207,7 +213,7 @@ class DwarfProfilerEngine:
         consumer = getattr(self, "_consumer", None)
         if consumer is not None and consumer is not threading.current_thread():
             consumer.join(timeout=5)
-        with self._lock, self._ring_lock:
+        with self._lock, self._ring():
             if self._bpf is not None:
                 self._bpf.cleanup()
                 self._bpf = None
@@ -251,7 +257,7 @@ class DwarfProfilerEngine:
         with self._lock:
             if self._bpf is None:
                 return DrainResult()
-            with self._ring_lock:
+            with self._ring():
                 self._bpf.ring_buffer_consume()
                 if self.memos is not None:
                     self._drain_repeats(self.memos)
@@ -304,7 +310,7 @@ class DwarfProfilerEngine:
             if self._bpf is None:
                 return 0
             gone = forget_exited_switch_outs(self._bpf[b"start"])
-        with self._ring_lock:
+        with self._ring():
             stale = [
                 tid for tid, (_, tgid, _, _) in self._pending.items() if not thread_alive(tgid, tid)
             ]
@@ -318,10 +324,28 @@ class DwarfProfilerEngine:
     # -- the consumer ----------------------------------------------------
     def _consume_loop(self) -> None:
         while not self._stop.is_set():
+            if self._ring_waiters:
+                time.sleep(0.001)
+                continue
             with self._ring_lock:
                 if self._bpf is None:
                     return
                 self._bpf.ring_buffer_poll(self.settings.poll_timeout_ms)
+
+    @contextlib.contextmanager
+    def _ring(self) -> Iterator[None]:
+        """``_ring_lock`` for anyone but the consumer, taken within one poll timeout."""
+        with self._waiters_lock:
+            self._ring_waiters += 1
+        try:
+            self._ring_lock.acquire()
+        finally:
+            with self._waiters_lock:
+                self._ring_waiters -= 1
+        try:
+            yield
+        finally:
+            self._ring_lock.release()
 
     def _on_record(self, _ctx, data, size) -> int:
         try:
