@@ -15,7 +15,6 @@ logged as not delivered.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -26,14 +25,13 @@ from collections.abc import Callable
 import psutil
 
 from rover.backend import BackendClient, ProcessReporter, ProfileUploader
-from rover.backend import BackendConfig as BackendClientConfig
 from rover.backend.continuous import BackendMeterSink, BackendPolicySource, BackendTriggerSink
 from rover.bpf.engine import EngineConfig
 from rover.bpf.headers import HeaderSearch
 from rover.bpf.load_check import CheckCancelled, LoadCheck
 from rover.bpf.tracefs import ensure_tracefs
 from rover.config import AgentConfig
-from rover.continuous import ContinuousConfig, ContinuousProfiler
+from rover.continuous import ContinuousProfiler
 from rover.deadline import Deadline
 from rover.health import HealthServer, Liveness, Readiness
 from rover.hostfs import HostFS
@@ -45,7 +43,6 @@ from rover.symbols import Symbolizer
 from rover.tasks.engines import EngineSet
 from rover.tasks.manager import TaskManager
 from rover.tasks.poller import TaskPoller
-from rover.unwind.engine import UnwindSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +67,7 @@ class Agent:
         self.config = config
         self.agent_id = agent_id or str(uuid.uuid4())
         self.hostfs = HostFS(config.core.host_root, config.core.host_proc_mapping)
-        backend = dataclasses.asdict(config.core.backend)
-        self.client = BackendClient(BackendClientConfig(**backend))
+        self.client = BackendClient(config.core.backend)
         self.finders = finders if finders is not None else build_finders(config, self.agent_id)
         self.reporter = ProcessReporter(
             self.client, self.agent_id, config.process_discovery.properties_report_period
@@ -87,7 +83,7 @@ class Agent:
             headers.find,
             EngineConfig(frequency=frequency),
             unwind=config.profiling.unwind.value,
-            unwind_settings=UnwindSettings(stack_bytes=config.profiling.unwind_stack_bytes),
+            table_bytes=config.profiling.unwind_table_bytes,
             hostfs=self.hostfs,
         )
         self.tasks = TaskManager(
@@ -116,17 +112,10 @@ class Agent:
         self.health = self._health_server()  # binds now: a busy port fails before start
 
     def _continuous(self) -> ContinuousProfiler:
-        settings = self.config.profiling.continuous
         if self.config.core.host_root != "/":
             psutil.PROCFS_PATH = self.config.core.proc_dir  # the host's /proc, not ours
         return ContinuousProfiler(
-            ContinuousConfig(
-                meter_prefix=settings.meter_prefix,
-                fetch_interval=settings.fetch_interval,
-                check_interval=settings.check_interval,
-                execute_duration=settings.trigger.execute_duration,
-                silence_duration=settings.trigger.silence_duration,
-            ),
+            self.config.profiling.continuous,
             policies=BackendPolicySource(self.client),
             triggers=BackendTriggerSink(self.client),
             tasks=_TriggeredTasks(self.tasks),
@@ -292,7 +281,11 @@ class Agent:
             self.stop()
             return
         self.start()
-        stop.wait()
+        # With a timeout: Python runs signal handlers in the main thread only when it runs
+        # bytecode, and a signal the kernel delivered to another thread (podman stop's
+        # `runc kill --all` does that) would never wake an untimed wait.
+        while not stop.wait(0.5):
+            pass
         log.info("stop requested")
         if not self.stop():
             # A thread is inside LLVM: unloading it at interpreter exit would crash.

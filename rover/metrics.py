@@ -18,17 +18,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from rover.backend import BackendClient, ProcessReporter, ProfileUploader
-from rover.bpf.engine import STAT_NAMES
+from rover.bpf.engine import LOSS_COUNTERS
 from rover.periodic import PeriodicLoop
 from rover.profile import ProfileType
 from rover.tasks.engines import EngineSet
 from rover.tasks.manager import TaskManager
+from rover.unwind.kernel_tables import LOSS_COUNTERS as TABLE_LOSS_COUNTERS
 
 log = logging.getLogger(__name__)
 
-# Kernel-side losses the task manager sums from every drain (rover.bpf.engine), and
-# stacks deleted in the instant an event referenced them.
-DROP_REASONS: tuple[str, ...] = (*STAT_NAMES[1:], "stacks_unresolved")
+# What engines lose, as the task manager sums it from every drain: the kernel's losses
+# (named in bpf/profile_common.h), stacks deleted in the instant an event referenced them
+# (rover.bpf.engine), and unwind rows the kernel could not hold (rover.unwind).
+DROP_REASONS: tuple[str, ...] = (*LOSS_COUNTERS, *TABLE_LOSS_COUNTERS)
 TASK_OUTCOMES: tuple[str, ...] = ("started", "failed", "unresolved", "unsupported")
 
 
@@ -48,6 +50,8 @@ class AgentParts:
 class AgentCollector(Collector):
     def __init__(self, parts: AgentParts) -> None:
         self.parts = parts
+        self.engine_read_failures = 0  # scrapes that found an engine unreadable
+        self._failures_logged: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._profiling()
@@ -82,7 +86,7 @@ class AgentCollector(Collector):
                     events = engine.events()
                     stacks, ratio = engine.stacks_drained, engine.last_counts_fill
                 except Exception as exc:  # noqa: BLE001 - closed while we read (shutdown)
-                    log.debug("metrics: %s engine unreadable: %s", profile_type.name, exc)
+                    self._engine_unreadable(profile_type, exc)
                     continue
             samples.add_metric([profile_type.name], events)
             drained.add_metric([profile_type.name], stacks)
@@ -102,6 +106,14 @@ class AgentCollector(Collector):
             "Frames shown as module+offset because no symbol covered the address",
             value=counters.get("unsymbolized_frames", 0),
         )
+
+    def _engine_unreadable(self, profile_type: ProfileType, exc: Exception) -> None:
+        """Counted every time, logged once per kind of failure (each scrape would repeat it)."""
+        self.engine_read_failures += 1
+        kind = f"{profile_type.name}: {type(exc).__name__}"
+        level = logging.DEBUG if kind in self._failures_logged else logging.WARNING
+        self._failures_logged.add(kind)
+        log.log(level, "metrics: %s engine unreadable: %s", profile_type.name, exc)
 
     def _tasks(self) -> Iterator[Metric]:
         running = sum(1 for run in self.parts.tasks.runs() if run.state == "running")

@@ -18,12 +18,19 @@ class PeriodicLoop:
     goes on.
     """
 
-    def __init__(self, name: str, period: float, action: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        period: float,
+        action: Callable[[], object],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if period <= 0:
             raise ValueError(f"{name}: period must be positive, got {period}")
         self.name = name
         self.period = period
         self.action = action
+        self._clock = clock
         self.runs = 0
         self.failures = 0
         self._stop = threading.Event()
@@ -35,13 +42,13 @@ class PeriodicLoop:
         self._thread.start()
 
     def _run(self) -> None:
-        next_run = time.monotonic()
+        next_run = self._clock()
         while not self._stop.is_set():
             self.run_once()
             next_run += self.period
-            delay = next_run - time.monotonic()
+            delay = next_run - self._clock()
             if delay < 0:  # fell behind (a slow call): do not burst to catch up
-                next_run = time.monotonic()
+                next_run = self._clock()
                 delay = 0
             self._stop.wait(delay)
 

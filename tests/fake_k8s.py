@@ -42,7 +42,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from rover.process.labels import LabelSelector
+from rover.process.kubernetes.labels import LabelSelector
 
 RESOURCES = {"pods": "Pod", "services": "Service"}
 _COLLECTION = re.compile(r"/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>pods|services)")
@@ -175,6 +175,7 @@ class FakeKubernetes:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an IPv4 server
         return f"http://{host}:{port}"
 
     def start(self) -> FakeKubernetes:

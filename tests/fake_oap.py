@@ -88,7 +88,7 @@ class RecordedCall:
 
     method: str
     request: Any
-    metadata: dict[str, str]
+    metadata: dict[str, str | bytes]  # binary ("-bin") keys carry bytes
     status: str
     time: float
 

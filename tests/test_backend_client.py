@@ -17,12 +17,13 @@ from fake_oap import (
     oap_process_id,
 )
 
-from rover.backend import BackendClient, BackendConfig, BackendUnavailable, CommandData
+from rover.backend import BackendClient, BackendUnavailable, CommandData
 from rover.backend.commands import commands_from_proto
 from rover.backend.process_messages import entity_to_proto, match_process_ids
 from rover.backend.proto.common import Command_pb2
 from rover.backend.proto.ebpf.profiling import Continuous_pb2, Process_pb2, Profile_pb2
 from rover.backend.proto.language_agent import Meter_pb2
+from rover.config import BackendConfig
 from rover.process.model import DiscoveredProcess, Entity, ProcessKind
 
 

@@ -9,8 +9,9 @@ import grpc
 import pytest
 from fake_oap import AGENT_ID, FakeOAP, fake_oap_fixture, make_process  # noqa: F401 - fixture
 
-from rover.backend import BackendClient, BackendConfig, ProcessReporter
+from rover.backend import BackendClient, ProcessReporter
 from rover.backend.process_reporter import ReportStatus
+from rover.config import BackendConfig
 from rover.process.model import DiscoveredProcess, ProcessKind
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -15,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fake_oap import FakeOAP, ServerTLS
 
-from rover.backend import BackendClient, BackendConfig, BackendConfigError, BackendUnavailable
+from rover.backend import BackendClient, BackendConfigError, BackendUnavailable
+from rover.config import BackendConfig
 
 AGENT = "agent-tls"
 
@@ -38,7 +41,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _builder(subject: str, issuer: x509.Name, public_key: object) -> x509.CertificateBuilder:
+def _builder(
+    subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -155,12 +160,12 @@ def test_mutual_tls(pki: Pki, servers: list[FakeOAP]) -> None:
     key = pki.write("client.key", pki.client.key)
     base = BackendConfig(addr=oap.addr, enable_tls=True, ca_pem_path=ca, call_timeout=3)
 
-    _query(BackendConfig(**{**vars(base), "client_pem_path": cert, "client_key_path": key}))
+    _query(dataclasses.replace(base, client_pem_path=cert, client_key_path=key))
     assert len(oap.calls_of("queryTasks")) == 1
 
     # without a client certificate (a lone cert path is ignored, as in Rover) the server refuses
     with pytest.raises(BackendUnavailable):
-        _query(BackendConfig(**{**vars(base), "client_pem_path": cert}))
+        _query(dataclasses.replace(base, client_pem_path=cert))
     assert len(oap.calls_of("queryTasks")) == 1
 
 
@@ -220,7 +225,7 @@ def test_skip_verify_follows_a_server_that_changes_its_certificate(
 
 @pytest.mark.parametrize("field", ["ca_pem_path", "client_pem_path", "client_key_path"])
 def test_missing_or_empty_tls_files_fail_at_start(pki: Pki, tmp_path: Path, field: str) -> None:
-    paths = {
+    paths: dict[str, Any] = {
         "ca_pem_path": pki.write("ca.pem", pki.ca.pem),
         "client_pem_path": pki.write("client.pem", pki.client.cert),
         "client_key_path": pki.write("client.key", pki.client.key),

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from fake_oap import FakeOAP, fake_oap_fixture  # noqa: F401 - fixture
 
-from rover.backend import BackendClient, BackendConfig, ProfileUploader
+from rover.backend import BackendClient, ProfileUploader
 from rover.backend.proto.ebpf.profiling import Profile_pb2
+from rover.config import BackendConfig
 from rover.profile import Frame, FrameKind, Profile, ProfileType
 
 KERNEL = Profile_pb2.PROCESS_KERNEL_SPACE

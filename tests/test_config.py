@@ -279,6 +279,12 @@ OVERRIDES: list[tuple[str, str, Callable[[AgentConfig], Any], Any]] = [
     ("ROVER_PROFILING_UNWIND", "eh_frame", lambda c: c.profiling.unwind, "eh_frame"),
     ("ROVER_PROFILING_UNWIND_STACK_BYTES", "8192", lambda c: c.profiling.unwind_stack_bytes, 8192),
     (
+        "ROVER_PROFILING_UNWIND_TABLE_BYTES",
+        "33554432",
+        lambda c: c.profiling.unwind_table_bytes,
+        32 << 20,
+    ),
+    (
         "ROVER_PROFILING_TASK_ON_CPU_DUMP_PERIOD",
         "10ms",
         lambda c: c.profiling.task.on_cpu.dump_period,
@@ -834,3 +840,19 @@ def test_unwind_defaults_to_auto_and_rejects_unknown_modes():
 def test_unwind_stack_bytes_is_bounded(size):
     text = error_of(ROVER_PROFILING_UNWIND_STACK_BYTES=size)
     assert text.startswith("profiling.unwind_stack_bytes:") and size in text
+
+
+def test_unwind_stack_bytes_is_accepted_but_said_to_be_unused():
+    config = shipped(ROVER_PROFILING_UNWIND_STACK_BYTES="8192")
+    assert any("unwind_stack_bytes: ignored" in w for w in config.warnings), config.warnings
+    assert shipped().warnings == ()
+
+
+@pytest.mark.parametrize("size", ["1000", "-1", "64MiB"])
+def test_unwind_table_bytes_is_checked(size):
+    text = error_of(ROVER_PROFILING_UNWIND_TABLE_BYTES=size)
+    assert text.startswith("profiling.unwind_table_bytes:") and size in text
+
+
+def test_unwind_table_bytes_defaults_to_64_mib():
+    assert shipped().profiling.unwind_table_bytes == 64 << 20

@@ -178,6 +178,29 @@ def test_policy_source_rejects_a_malformed_reply_and_propagates_unavailability(c
         BackendPolicySource(client).fetch({"a": ""})
 
 
+def test_policy_source_counts_every_skipped_entry_and_logs_it_once(caplog):
+    client = FakeClient()
+    policies = [{"ServiceName": "", "UUID": "v1"}, {"ServiceName": "b", "UUID": "v9"}]
+    client.policy_reply = [
+        CommandData(
+            "ContinuousProfilingPolicyQuery", {"ServiceWithPolicyJSON": json.dumps(policies)}
+        )
+    ]
+    source = BackendPolicySource(client)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # the backend sends it again at every check
+            assert source.fetch({}) == [ServicePolicy("b", "v9")]
+    assert source.entries_skipped == 3
+    assert caplog.text.count("policy entry 0 skipped") == 1
+    client.policy_reply = [
+        CommandData("ContinuousProfilingPolicyQuery", {"ServiceWithPolicyJSON": "{oops"})
+    ]
+    with caplog.at_level(logging.ERROR):
+        assert source.fetch({}) is None and source.fetch({}) is None
+    assert source.replies_rejected == 2
+    assert caplog.text.count("policy reply rejected") == 1
+
+
 def test_trigger_sink_reports_and_returns_the_task_id():
     client = FakeClient()
     client.report_reply = [CommandData("ContinuousProfilingReportTask", {"TaskId": "t-1"})]

@@ -8,11 +8,12 @@ import grpc
 import pytest
 from fake_oap import FakeOAP, fake_oap_fixture  # noqa: F401 - the fixture
 
-from rover.backend import BackendClient, BackendConfig
+from rover.backend import BackendClient
 from rover.backend.commands import CommandData
 from rover.backend.continuous import BackendMeterSink, BackendPolicySource, BackendTriggerSink
 from rover.backend.proto.ebpf.profiling import Continuous_pb2
-from rover.continuous import ContinuousConfig, ContinuousProfiler, ProcessReading
+from rover.config import BackendConfig, ContinuousConfig
+from rover.continuous import ContinuousProfiler, ProcessReading
 from rover.continuous.metrics import ProcessKey
 from rover.process.model import DiscoveredProcess, Entity, ProcessKind
 

@@ -8,16 +8,62 @@ from rover.deadline import Deadline
 from rover.periodic import PeriodicLoop
 
 
-def test_runs_at_once_then_every_period_until_stopped():
-    calls = []
-    loop = PeriodicLoop("tick", 0.05, lambda: calls.append(time.monotonic()))
+class SimulatedTime:
+    """A clock that moves only when the loop waits or an action takes time, and a stop
+    event that ends the loop after some waits: the schedule without real time."""
+
+    def __init__(self, waits: int) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+        self.left = waits
+
+    def clock(self) -> float:
+        return self.now
+
+    def is_set(self) -> bool:
+        return self.left <= 0
+
+    def wait(self, delay: float) -> bool:
+        self.waits.append(delay)
+        self.now += delay
+        self.left -= 1
+        return self.is_set()
+
+
+def test_runs_at_once_then_every_period_and_never_bursts_after_a_slow_run() -> None:
+    time_ = SimulatedTime(waits=6)
+    calls: list[float] = []
+    took = iter([0.0, 0.3, 2.5, 0.0, 0.0, 0.0])  # the third run outlasts its period
+
+    def action() -> None:
+        calls.append(time_.now)
+        time_.now += next(took)
+
+    loop = PeriodicLoop("tick", 1.0, action, clock=time_.clock)
+    loop._stop = time_  # type: ignore[assignment]  # the loop's only use of its event
+    loop._run()
+    assert calls == pytest.approx([1000.0, 1001.0, 1002.0, 1004.5, 1005.5, 1006.5])
+    assert time_.waits == pytest.approx([1.0, 0.7, 0.0, 1.0, 1.0, 1.0])
+
+
+def test_a_started_loop_runs_repeatedly_until_stopped() -> None:
+    calls: list[float] = []
+    third = threading.Event()
+
+    def action() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 3:
+            third.set()
+
+    loop = PeriodicLoop("tick", 0.01, action)
     loop.start()
-    time.sleep(0.28)
+    assert third.wait(30)
     loop.stop()
+    assert loop.join(0)  # stop() waited for the thread
     count = len(calls)
-    assert 5 <= count <= 7
-    time.sleep(0.1)
+    time.sleep(0.05)
     assert len(calls) == count  # really stopped
+    assert all(b - a >= 0.009 for a, b in zip(calls, calls[1:], strict=False))  # never early
 
 
 def test_failures_are_logged_once_per_error_and_the_loop_survives(caplog):
@@ -33,7 +79,7 @@ def test_failures_are_logged_once_per_error_and_the_loop_survives(caplog):
     loop = PeriodicLoop("upload", 0.01, flaky)
     with caplog.at_level(logging.INFO, logger="rover.periodic"):
         loop.start()
-        assert recovered.wait(2)
+        assert recovered.wait(30)
         loop.stop()
     failures = [r for r in caplog.records if "backend down" in r.getMessage()]
     assert len(failures) == 1 and loop.failures == 4
@@ -48,13 +94,18 @@ def test_period_must_be_positive():
 def test_many_loops_stop_together_under_one_deadline():
     """A loop stuck in a slow call (a backend that never answers) costs the others nothing:
     every loop is asked first, then each is waited for with what is left of one deadline."""
-    release = threading.Event()
-    stuck = PeriodicLoop("stuck", 0.01, lambda: release.wait(10))
+    release, entered = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        entered.set()
+        release.wait(30)
+
+    stuck = PeriodicLoop("stuck", 0.01, hang)
     quick = [PeriodicLoop(f"quick-{i}", 0.01, lambda: None) for i in range(4)]
     loops = [stuck, *quick]
     for loop in loops:
         loop.start()
-    time.sleep(0.05)
+    assert entered.wait(30)  # the stuck loop is inside its call
     deadline = Deadline(0.5)
     for loop in loops:
         loop.request_stop()

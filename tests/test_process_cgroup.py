@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rover.process.cgroup import (
+from rover.process.kubernetes.cgroup import (
     ContainerCgroup,
     container_from_cgroup_file,
     container_from_path,

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from typing import Any
 
 import pytest
 from fake_k8s import FakeKubernetes, fake_k8s  # noqa: F401
 
 from rover.config import AgentConfig, RegexFinderConfig, ScanMode
 from rover.process import finders_from_config
-from rover.process.kubernetes import KubernetesFinder
+from rover.process.kubernetes.finder import KubernetesFinder
 from rover.process.scanner import RegexScannerFinder
 from rover.process.template import TemplateError
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
 
-def with_discovery(config: AgentConfig, **changes: object) -> AgentConfig:
+def with_discovery(config: AgentConfig, **changes: dict[str, Any]) -> AgentConfig:
     discovery = config.process_discovery
     for section, values in changes.items():
         discovery = dataclasses.replace(

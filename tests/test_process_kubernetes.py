@@ -34,8 +34,8 @@ from rover.config import AnalyzerConfig, KubernetesConfig
 from rover.hostfs import HostFS
 from rover.process.agent_host import AgentHost
 from rover.process.finder import FinderConfigError, ProcessFinder
-from rover.process.k8s_client import KubernetesConnectError
-from rover.process.kubernetes import KubernetesFinder, WatchSettings
+from rover.process.kubernetes.client import KubernetesConnectError
+from rover.process.kubernetes.finder import KubernetesFinder, WatchSettings
 from rover.process.model import DiscoveredProcess, ProcessKind
 from rover.process.template import TemplateError
 
@@ -560,7 +560,7 @@ def test_a_failing_analyzer_does_not_hide_the_others(
         analyzer("ok-{{.Pod.Name}}"),
     ]
     finder = make_finder(analyzers=analyzers)
-    with caplog.at_level(logging.WARNING, logger="rover.process.kubernetes"):
+    with caplog.at_level(logging.WARNING, logger="rover.process.kubernetes.finder"):
         found = wait_for(finder.scan, lambda f: bool(f))
     assert [p.entity.service_name for p in found] == ["ok-p"]
     messages = " ".join(r.getMessage() for r in caplog.records)
@@ -627,7 +627,8 @@ def test_fake_server_speaks_the_real_client(fake_k8s: FakeKubernetes) -> None:  
     ]
     assert names(api.list_pod_for_all_namespaces(label_selector="tier in (db)")) == ["b"]
     assert names(api.list_namespaced_pod("other")) == ["c"]
-    assert api.read_namespaced_pod("b", "default").spec.node_name == "node-2"
+    spec = api.read_namespaced_pod("b", "default").spec
+    assert spec is not None and spec.node_name == "node-2"
     with pytest.raises(ApiException) as caught:
         api.read_namespaced_pod("zzz", "default")
     assert caught.value.status == 404

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rover.process.k8s_model import PodInfo, ServiceInfo, service_names
-from rover.process.labels import LabelSelector, SelectorError, selects
+from rover.process.kubernetes.labels import LabelSelector, SelectorError, selects
+from rover.process.kubernetes.model import PodInfo, ServiceInfo, service_names
 
 LABELS = {"app": "web", "tier": "front", "canary": ""}
 

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import psutil
 import pytest
@@ -13,15 +14,16 @@ import pytest
 from rover.config import DEFAULT_ANALYZERS, AnalyzerConfig
 from rover.hostfs import HostFS
 from rover.process.agent_host import AgentHost
-from rover.process.analyzer import Analyzer
+from rover.process.context import ProcessView
 from rover.process.finder import FinderConfigError
-from rover.process.k8s_context import (
+from rover.process.kubernetes.analyzer import Analyzer
+from rover.process.kubernetes.context import (
     KUBERNETES_DATA,
     ContainerView,
     KubernetesData,
     PodView,
 )
-from rover.process.k8s_model import ContainerInfo, PodInfo
+from rover.process.kubernetes.model import ContainerInfo, PodInfo
 from rover.process.procfs import HostProcess, read_process
 from rover.process.template import (
     RenderError,
@@ -29,7 +31,6 @@ from rover.process.template import (
     compile_filter,
     compile_template,
 )
-from rover.process.template_context import ProcessView
 
 ENVOY_ID = "containerd://" + "e" * 64
 APP_ID = "containerd://" + "a" * 64
@@ -375,7 +376,7 @@ def test_istio_canonical_name_label_wins() -> None:
 def test_rovers_older_shipped_analyzer_expressions_still_compile_and_render() -> None:
     older = AnalyzerConfig(
         active=True,
-        filters=['.Pod.HasContainer "istio-proxy"', 'eq .Container.Name "istio-proxy"'],
+        filters=('.Pod.HasContainer "istio-proxy"', 'eq .Container.Name "istio-proxy"'),
         layer="MESH_DP",
         service_name=(
             "{{.Pod.Namespace}}::"
@@ -390,7 +391,10 @@ def test_rovers_older_shipped_analyzer_expressions_still_compile_and_render() ->
 
 
 def test_analyzer_config_errors_name_the_field() -> None:
-    names = {"instance_name": "{{.Pod.Name}}", "process_name": "{{.Process.ExeName}}"}
+    names: dict[str, Any] = {
+        "instance_name": "{{.Pod.Name}}",
+        "process_name": "{{.Process.ExeName}}",
+    }
     bad_filter = AnalyzerConfig(
         filters=(".Pod.HasServiceName", ".Pod.Bogus"),
         layer="K8S_SERVICE",

@@ -6,10 +6,12 @@ import filecmp
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from rover.backend.proto.common import Command_pb2, Common_pb2
 from rover.backend.proto.ebpf.profiling import (
@@ -55,7 +57,7 @@ def test_everything_is_in_package_skywalking_v3() -> None:
         assert file.syntax == "proto3"
 
 
-def _field(message: type, name: str) -> FieldDescriptor:
+def _field(message: type[Message], name: str) -> Any:  # descriptor.FieldDescriptor or upb's
     return message.DESCRIPTOR.fields_by_name[name]
 
 

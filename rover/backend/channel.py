@@ -10,6 +10,7 @@ the next call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import threading
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 import grpc
 
 from rover.backend.auth import AuthenticationInterceptor
-from rover.backend.config import BackendConfig
 from rover.backend.connection_state import ConnectionState
 from rover.backend.errors import BackendUnavailable
 from rover.backend.proto.ebpf.profiling import (
@@ -30,6 +30,7 @@ from rover.backend.proto.ebpf.profiling import (
 )
 from rover.backend.proto.language_agent import Meter_pb2_grpc
 from rover.backend.tls import PinnedServer, channel_credentials, fetch_server_certificate
+from rover.config import BackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class BackendChannel:
             continuous=Continuous_pb2_grpc.ContinuousProfilingServiceStub(channel),
             meter=Meter_pb2_grpc.MeterReportServiceStub(channel),
         )
-        self._on_raw_connectivity = lambda c, raw=raw: self._on_connectivity(raw, c)
+        self._on_raw_connectivity = functools.partial(self._on_connectivity, raw)
         raw.subscribe(self._on_raw_connectivity, try_to_connect=False)
 
     def _pin_server_locked(self) -> PinnedServer:

@@ -17,7 +17,6 @@ import grpc
 
 from rover.backend.channel import BackendChannel, Stubs
 from rover.backend.commands import CommandData, commands_from_proto
-from rover.backend.config import BackendConfig
 from rover.backend.connection_state import ConnectionState
 from rover.backend.errors import BackendUnavailable
 from rover.backend.process_messages import (
@@ -29,6 +28,7 @@ from rover.backend.process_messages import (
 from rover.backend.proto.common import Command_pb2
 from rover.backend.proto.ebpf.profiling import Continuous_pb2, Process_pb2, Profile_pb2
 from rover.backend.proto.language_agent import Meter_pb2
+from rover.config import BackendConfig
 from rover.process.model import DiscoveredProcess
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,8 @@ class BackendClient:
         try:
             response = rpc(stubs)(request, timeout=timeout)
         except grpc.RpcError as e:
-            code: grpc.StatusCode = e.code()  # type: ignore[attr-defined]
-            details = e.details() or code.name  # type: ignore[attr-defined]
+            code: grpc.StatusCode = e.code()
+            details = e.details() or code.name
             if code in _DISCONNECTING_CODES:
                 self.state.mark_disconnected(f"{method}: {code.name}: {details}")
                 if code is grpc.StatusCode.UNAVAILABLE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from rover.backend.commands import CommandData
@@ -33,6 +33,7 @@ POLICY_COMMAND = "ContinuousProfilingPolicyQuery"
 POLICY_ARG = "ServiceWithPolicyJSON"
 REPORT_COMMAND = "ContinuousProfilingReportTask"
 TASK_ID_ARG = "TaskId"
+_MAX_LOGGED = 1024  # distinct policy problems remembered as logged
 
 _SINGLE_VALUE_MONITORS = {
     MonitorType.PROCESS_CPU: Continuous_pb2.ProcessCPU,
@@ -63,8 +64,16 @@ class ContinuousClient(Protocol):
 
 # -- policies (spec 3.4) ------------------------------------------------------------------
 
+SkipReport = Callable[[str], None]  # told why a policy entry or check item was skipped
 
-def policies_from_commands(commands: list[CommandData]) -> list[ServicePolicy]:
+
+def _log_skip(reason: str) -> None:
+    log.warning("continuous profiling: %s", reason)
+
+
+def policies_from_commands(
+    commands: list[CommandData], skipped: SkipReport = _log_skip
+) -> list[ServicePolicy]:
     """The changed policies in a queryPolicies reply; ``[]`` when nothing changed.
 
     Raises :class:`PolicyReplyError` when the reply as a whole is unusable.
@@ -78,12 +87,12 @@ def policies_from_commands(commands: list[CommandData]) -> list[ServicePolicy]:
     text = ours[0].args.get(POLICY_ARG)
     if text is None:
         raise PolicyReplyError(f"{POLICY_COMMAND} command without {POLICY_ARG}")
-    return policies_from_json(text)
+    return policies_from_json(text, skipped)
 
 
-def policies_from_json(text: str) -> list[ServicePolicy]:
+def policies_from_json(text: str, skipped: SkipReport = _log_skip) -> list[ServicePolicy]:
     """Parse ``ServiceWithPolicyJSON``. A bad service entry or check item is skipped
-    with a logged reason; only unparsable JSON or a non-array rejects it all."""
+    and ``skipped`` told why; only unparsable JSON or a non-array rejects it all."""
     try:
         entries = json.loads(text)
     except ValueError as exc:
@@ -95,20 +104,15 @@ def policies_from_json(text: str) -> list[ServicePolicy]:
     policies: list[ServicePolicy] = []
     for index, entry in enumerate(entries):
         try:
-            policies.append(_service_policy(entry))
+            policies.append(_service_policy(entry, skipped))
         except PolicyReplyError as exc:
-            log.warning("continuous profiling: policy entry %d skipped: %s", index, exc)
+            skipped(f"policy entry {index} skipped: {exc}")
         except Exception as exc:  # noqa: BLE001 - one bad entry must not cost the others
-            log.warning(
-                "continuous profiling: policy entry %d skipped: %s: %s",
-                index,
-                type(exc).__name__,
-                exc,
-            )
+            skipped(f"policy entry {index} skipped: {type(exc).__name__}: {exc}")
     return policies
 
 
-def _service_policy(entry: Any) -> ServicePolicy:
+def _service_policy(entry: Any, skipped: SkipReport) -> ServicePolicy:
     if not isinstance(entry, dict):
         raise PolicyReplyError(f"a JSON {type(entry).__name__}, not an object")
     service = entry.get("ServiceName")
@@ -127,21 +131,13 @@ def _service_policy(entry: Any) -> ServicePolicy:
     items: list[CheckItem] = []
     for target, checks in profiling.items():
         if not isinstance(checks, dict):
-            log.warning(
-                "continuous profiling: service %r: %s skipped: not an object", service, target
-            )
+            skipped(f"service {service!r}: {target} skipped: not an object")
             continue
         for monitor, fields in checks.items():
             try:
                 items.append(_check_item(target, monitor, fields))
             except InvalidCheckItem as exc:
-                log.warning(
-                    "continuous profiling: service %r: item %s/%s skipped: %s",
-                    service,
-                    target,
-                    monitor,
-                    exc,
-                )
+                skipped(f"service {service!r}: item {target}/{monitor} skipped: {exc}")
     return ServicePolicy(service, uuid, tuple(items))
 
 
@@ -264,18 +260,38 @@ def meters_to_proto(samples: list[MeterSample]) -> list[Meter_pb2.MeterDataColle
 
 
 class BackendPolicySource:
-    """:class:`rover.continuous.PolicySource` over queryPolicies."""
+    """:class:`rover.continuous.PolicySource` over queryPolicies.
+
+    A skipped entry is asked for again at every check (its version is never cached), so
+    what is wrong is counted each time but logged once.
+    """
 
     def __init__(self, client: ContinuousClient) -> None:
         self._client = client
+        self.entries_skipped = 0  # policy entries and check items
+        self.replies_rejected = 0
+        self._logged: set[str] = set()
 
     def fetch(self, known: dict[str, str]) -> list[ServicePolicy] | None:
         commands = self._client.query_policies(sorted(known.items()))
         try:
-            return policies_from_commands(commands)
+            return policies_from_commands(commands, self._skipped)
         except PolicyReplyError as exc:
-            log.error("continuous profiling: policy reply rejected, keeping cached: %s", exc)
+            self.replies_rejected += 1
+            self._log_once(logging.ERROR, f"policy reply rejected, keeping cached: {exc}")
             return None
+
+    def _skipped(self, reason: str) -> None:
+        self.entries_skipped += 1
+        self._log_once(logging.WARNING, reason)
+
+    def _log_once(self, level: int, message: str) -> None:
+        if message in self._logged:
+            return
+        if len(self._logged) >= _MAX_LOGGED:
+            self._logged.clear()
+        self._logged.add(message)
+        log.log(level, "continuous profiling: %s", message)
 
 
 class BackendTriggerSink:

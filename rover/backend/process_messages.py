@@ -44,17 +44,17 @@ def _pairs(properties: dict[str, str]) -> list[Common_pb2.KeyStringValuePair]:
 
 def process_to_proto(process: DiscoveredProcess) -> Process_pb2.EBPFProcessProperties:
     """The full report of one process, in the oneof member of its kind."""
-    metadata = {
-        "entity": entity_to_proto(process.entity),
-        "pid": process.pid,
-        "properties": _pairs(process.properties),
-    }
+    entity, properties = entity_to_proto(process.entity), _pairs(process.properties)
     if process.kind is ProcessKind.KUBERNETES:
         return Process_pb2.EBPFProcessProperties(
-            k8sProcess=Process_pb2.EBPFKubernetesProcessMetadata(**metadata)
+            k8sProcess=Process_pb2.EBPFKubernetesProcessMetadata(
+                entity=entity, pid=process.pid, properties=properties
+            )
         )
     return Process_pb2.EBPFProcessProperties(
-        hostProcess=Process_pb2.EBPFHostProcessMetadata(**metadata)
+        hostProcess=Process_pb2.EBPFHostProcessMetadata(
+            entity=entity, pid=process.pid, properties=properties
+        )
     )
 
 

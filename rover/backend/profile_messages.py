@@ -101,7 +101,7 @@ def profile_to_messages(
 
 
 def _stack(
-    stack_ids: StackIds, stack_type: int, symbols: Symbols
+    stack_ids: StackIds, stack_type: Profile_pb2.EBPFProfilingStackType, symbols: Symbols
 ) -> Profile_pb2.EBPFProfilingStackMetadata:
     return Profile_pb2.EBPFProfilingStackMetadata(
         stackType=stack_type, stackId=stack_ids.id_of(stack_type, symbols), stackSymbols=symbols

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import grpc
 
-from rover.backend.config import BackendConfig
 from rover.backend.errors import BackendConfigError
+from rover.config import BackendConfig
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ _FORMATS = {f.value: f for f in LogFormat}
 _SCAN_MODES = {m.value: m for m in ScanMode}
 _UNWIND_MODES = {m.value: m for m in UnwindMode}
 _MAX_UNWIND_STACK_BYTES = 32768
+_MIN_UNWIND_TABLE_BYTES = 1 << 20
 
 # Rover features outside this agent's scope: accepted so a Rover file loads, then warned about.
 _ROVER_ONLY_TOP = {
@@ -297,6 +298,7 @@ def _profiling(s: Section, hostfs: HostFS) -> ProfilingConfig:
         kernel_headers=s.text("kernel_headers", d.kernel_headers).strip(),
         unwind=s.choice("unwind", d.unwind, _UNWIND_MODES),
         unwind_stack_bytes=_unwind_stack_bytes(s, d.unwind_stack_bytes),
+        unwind_table_bytes=_unwind_table_bytes(s, d.unwind_table_bytes),
         task=_task(s.section("task"), hostfs),
         continuous=_continuous(s.section("continuous")),
     )
@@ -311,7 +313,18 @@ def _unwind_stack_bytes(s: Section, default: int) -> int:
     size = found.as_int(512)
     if size > _MAX_UNWIND_STACK_BYTES or size % 8:
         raise found.error(f"must be a multiple of 8 up to {_MAX_UNWIND_STACK_BYTES}, got {size}")
+    if size != default:
+        s.warnings.append(
+            f"{s.path}.unwind_stack_bytes: ignored since stacks are walked in the kernel "
+            "(profiling.unwind_table_bytes bounds what eh_frame unwinding holds)"
+        )
     return size
+
+
+def _unwind_table_bytes(s: Section, default: int) -> int:
+    """Kernel memory for unwind rows: at least one busy library's worth."""
+    found = s.setting("unwind_table_bytes")
+    return default if found is None else found.as_int(_MIN_UNWIND_TABLE_BYTES)
 
 
 def _task(s: Section, hostfs: HostFS) -> TaskConfig:

@@ -59,6 +59,13 @@ class LoggerConfig:
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
+    """Where the backend (OAP) is and how to talk to it; ``rover.backend`` takes it as is.
+
+    ``check_period`` is how often a disconnected channel is nudged to reconnect (Rover's
+    connection-state check period); ``call_timeout`` is the deadline of every call, streams
+    included (Rover sets none; an agent must not hang forever on a half-dead backend).
+    """
+
     addr: str = "localhost:11800"
     enable_tls: bool = False
     ca_pem_path: str = ""  # empty: the system's trust roots
@@ -69,6 +76,20 @@ class BackendConfig:
     authentication: str = ""  # empty: no ``authentication`` metadata
     call_timeout: float = 10.0  # ours: Rover sets no deadline on calls
     upload_buffer_size: int = 100_000  # ours: bound on data kept while the backend is away
+
+    def __post_init__(self) -> None:
+        # The file's checks name the key first (rover.config.build); these hold the
+        # invariants for a configuration built in code.
+        if not self.addr:
+            raise ValueError("backend addr must be host:port, got an empty string")
+        if self.check_period <= 0:
+            raise ValueError(f"backend check_period must be > 0 s, got {self.check_period}")
+        if self.call_timeout <= 0:
+            raise ValueError(f"backend call_timeout must be > 0 s, got {self.call_timeout}")
+        if self.upload_buffer_size < 1:
+            raise ValueError(
+                f"backend upload_buffer_size must be >= 1, got {self.upload_buffer_size}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,16 +228,31 @@ class TaskConfig:
 
 @dataclass(frozen=True, slots=True)
 class TriggerConfig:
-    execute_duration: float = 600.0
-    silence_duration: float = 1200.0
+    execute_duration: float = 600.0  # seconds a triggered task runs
+    silence_duration: float = 1200.0  # seconds after a task's start before it may trigger again
+
+    def __post_init__(self) -> None:
+        if self.execute_duration <= 0:
+            raise ValueError("continuous profiling: execute_duration must be > 0")
+        if self.silence_duration < 0:
+            raise ValueError("continuous profiling: silence_duration must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
 class ContinuousConfig:
+    """``profiling.continuous``; ``rover.continuous`` takes it as is."""
+
     meter_prefix: str = "rover_con_p"
-    fetch_interval: float = 1.0
-    check_interval: float = 5.0
+    fetch_interval: float = 1.0  # seconds between metric reads (one window slot each)
+    check_interval: float = 5.0  # seconds between policy syncs, checks and meter sends
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.meter_prefix:
+            raise ValueError("continuous profiling: meter_prefix must not be empty")
+        for name in ("fetch_interval", "check_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"continuous profiling: {name} must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +262,8 @@ class ProfilingConfig:
     flush_interval: float = 5.0
     kernel_headers: str = ""  # empty: search the host for headers
     unwind: UnwindMode = UnwindMode.AUTO  # ours
-    unwind_stack_bytes: int = 16384  # ours: user stack copied per sample in eh_frame mode
+    unwind_stack_bytes: int = 16384  # ours, no longer used (stacks are walked in the kernel)
+    unwind_table_bytes: int = 64 << 20  # ours: kernel memory for eh_frame unwind rows
     task: TaskConfig = field(default_factory=TaskConfig)
     continuous: ContinuousConfig = field(default_factory=ContinuousConfig)
 

@@ -206,13 +206,13 @@ class Section:
         implement to a reason: those are recorded as warnings, not errors, so a
         Rover configuration file still loads.
         """
-        rover_only = {k.lower(): (k, why) for k, why in (rover_only or {}).items()}
+        not_ours = {k.lower(): (k, why) for k, why in (rover_only or {}).items()}
         asked = {key.lower() for key in self._asked}
         for folded, (key, _) in self._entries.items():
             if folded in asked:
                 continue
-            if folded in rover_only:
-                name, why = rover_only[folded]
+            if folded in not_ours:
+                name, why = not_ours[folded]
                 self.warnings.append(f"{self._key(name)}: ignored, {why}")
                 continue
             hint = difflib.get_close_matches(key, self._asked, n=1)

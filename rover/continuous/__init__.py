@@ -1,10 +1,9 @@
 """Continuous profiling: watch process and host metrics, trigger profiling tasks.
 
 Wire formats live in ``rover.backend.continuous``; this package works on the
-plain values below.
+plain values below; its settings are ``rover.config.ContinuousConfig``.
 """
 
-from rover.continuous.config import ContinuousConfig
 from rover.continuous.meters import MeterSample, meter_name
 from rover.continuous.metrics import MetricsReader, ProcessReading, ProcessVanished, PsutilMetrics
 from rover.continuous.policy import (
@@ -22,7 +21,6 @@ from rover.continuous.trigger import Cause, Trigger
 __all__ = [
     "Cause",
     "CheckItem",
-    "ContinuousConfig",
     "ContinuousProfiler",
     "InvalidCheckItem",
     "MeterSample",

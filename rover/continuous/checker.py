@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 
-from rover.continuous.plan import series_key
+from rover.continuous.plan import SeriesKey, series_key
 from rover.continuous.policy import TRIGGERABLE_TARGETS
 from rover.continuous.policy_cache import Watch
 from rover.continuous.trigger import Finding, dimension_of
@@ -24,7 +24,7 @@ class Checker:
     def evaluate(
         self,
         watches: list[Watch],
-        windows: WindowStore,
+        windows: WindowStore[SeriesKey],
         anchor: int,
         may_trigger: Callable[[Hashable], bool],
     ) -> list[Finding]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rover.continuous.plan import series_key
+from rover.continuous.plan import SeriesKey, series_key
 from rover.continuous.policy import MonitorType
 from rover.continuous.policy_cache import Watch
 from rover.continuous.windows import WindowStore
@@ -28,7 +28,7 @@ def meter_name(prefix: str, monitor: MonitorType) -> str:
 
 def collect_meters(
     watches: list[Watch],
-    windows: WindowStore,
+    windows: WindowStore[SeriesKey],
     prefix: str,
     newer_than: int,
     timestamp_ms: int,

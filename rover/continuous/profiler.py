@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rover.config import ContinuousConfig
 from rover.continuous.checker import Checker
-from rover.continuous.config import ContinuousConfig
 from rover.continuous.meters import MeterSample, collect_meters
 from rover.continuous.metrics import MetricsReader, ProcessKey, ProcessVanished, PsutilMetrics
 from rover.continuous.plan import FetchPlan, SeriesKey, plan_fetch, process_key, window_capacities
@@ -44,6 +44,7 @@ class ProfilerStats:
     check_rounds: int = 0
     vanished_processes: int = 0
     read_errors: int = 0
+    process_list_failures: int = 0
     policy_query_failures: int = 0
     triggers_reported: int = 0
     report_failures: int = 0
@@ -100,9 +101,11 @@ class ContinuousProfiler:
 
         self._lock = threading.Lock()
         self._cache = PolicyCache()
-        self._windows = WindowStore()
+        self._windows: WindowStore[SeriesKey] = WindowStore()
         self._checker = Checker()
-        self._history = TriggerHistory(config.execute_duration, config.silence_duration)
+        self._history = TriggerHistory(
+            config.trigger.execute_duration, config.trigger.silence_duration
+        )
         self._watches: list[Watch] = []
         self._plan = FetchPlan()
         self._gone: set[ProcessKey] = set()
@@ -210,7 +213,8 @@ class ContinuousProfiler:
         self.stats.check_rounds += 1
         try:
             registered = self._process_source.registered()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - skip this round, the next may work
+            self.stats.process_list_failures += 1
             self._warnings.warn("process list", f"cannot list registered processes: {exc}")
             return
         self._warnings.resolved("process list")
@@ -296,7 +300,7 @@ class ContinuousProfiler:
         self._warnings.resolved("meters")
 
     def _trigger(self, findings: list[Finding]) -> None:
-        duration_s = int(self.config.execute_duration)
+        duration_s = int(self.config.trigger.execute_duration)
         for trigger in group_triggers(findings, duration_s):
             dimension = dimension_of(trigger.target, trigger.process_id, trigger.process)
             causes = ", ".join(

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 class SlotWindow:
@@ -70,13 +73,13 @@ class SlotWindow:
         return len(self._samples)
 
 
-class WindowStore:
+class WindowStore(Generic[Key]):
     """Windows keyed by series; only series declared by :meth:`retain` accept samples."""
 
     def __init__(self) -> None:
-        self._windows: dict[Hashable, SlotWindow] = {}
+        self._windows: dict[Key, SlotWindow] = {}
 
-    def retain(self, capacities: dict[Hashable, int]) -> None:
+    def retain(self, capacities: dict[Key, int]) -> None:
         """Keep (or create) exactly these series, each with its history length."""
         for key in [k for k in self._windows if k not in capacities]:
             del self._windows[key]
@@ -87,15 +90,15 @@ class WindowStore:
             else:
                 window.capacity = max(1, capacity)
 
-    def add(self, key: Hashable, slot: int, value: float) -> None:
+    def add(self, key: Key, slot: int, value: float) -> None:
         window = self._windows.get(key)
         if window is not None:
             window.add(slot, value)
 
-    def get(self, key: Hashable) -> SlotWindow | None:
+    def get(self, key: Key) -> SlotWindow | None:
         return self._windows.get(key)
 
-    def discard(self, keys: Iterable[Hashable]) -> None:
+    def discard(self, keys: Iterable[Key]) -> None:
         for key in keys:
             self._windows.pop(key, None)
 

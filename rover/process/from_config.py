@@ -36,6 +36,6 @@ def finders_from_config(config: AgentConfig, agent_id: str) -> list[Callable[[],
 
 
 def _kubernetes(config: KubernetesConfig, agent: AgentHost, cluster_name: str) -> ProcessFinder:
-    from rover.process.kubernetes import KubernetesFinder
+    from rover.process.kubernetes.finder import KubernetesFinder
 
     return KubernetesFinder(config, agent=agent, cluster_name=cluster_name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from rover.config import RegexFinderConfig
 from rover.hostfs import HostFS
 from rover.process.agent_host import AgentHost
+from rover.process.context import PROCESS, ROVER, ProcessView
 from rover.process.entity_templates import EntityTemplates
 from rover.process.finder import FinderConfigError
 from rover.process.log_once import OncePerProcess
@@ -24,7 +25,6 @@ from rover.process.model import DiscoveredProcess, Entity, ProcessKind
 from rover.process.procfs import HostProcess, scan_host_processes
 from rover.process.profilable import ProfilingSupport
 from rover.process.template import Kind, Member, ObjectType, RenderError
-from rover.process.template_context import PROCESS, ROVER, ProcessView
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rover.process.labels import selects
+from rover.process.kubernetes.labels import selects
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import functools
 from dataclasses import dataclass
 
 from rover.process.agent_host import AgentHost
-from rover.process.k8s_model import ContainerInfo, PodInfo
-from rover.process.k8s_owner import OwnerResolver
-from rover.process.labels import LabelSelector
+from rover.process.context import PROCESS, ROVER, ProcessView
+from rover.process.kubernetes.labels import LabelSelector
+from rover.process.kubernetes.model import ContainerInfo, PodInfo
+from rover.process.kubernetes.owner import OwnerResolver
 from rover.process.template import Kind, Member, ObjectType, RenderError
-from rover.process.template_context import PROCESS, ROVER, ProcessView
 
 
 class ContainerView:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 
-from rover.process.template_types import Kind, RenderError
+from rover.process.template.types import Kind, RenderError
 
 
 def kind_of(value: object) -> Kind | None:
@@ -60,6 +59,38 @@ def compare_kinds(a: object, b: object, ordered: bool) -> None:
         raise RenderError(f"incompatible types for comparison ({kind_a.value}, {kind_b.value})")
 
 
+_QUOTE_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote (``%q``): printable characters as they are, the rest escaped."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
 _VERB = re.compile(r"%([-+# 0]*)([0-9]*)(?:\.([0-9]+))?(.)", re.DOTALL)
 VERBS = set("svdqt%")
 
@@ -100,7 +131,7 @@ def _format_one(value: object, verb: str, flags: str, width: str, precision: str
     if precision is not None and verb in "sqv":
         shown = shown[: int(precision)]
     if verb == "q":
-        shown = json.dumps(shown, ensure_ascii=False)
+        shown = go_quote(shown)
     if width and len(shown) < int(width):
         if "-" in flags:
             shown = shown.ljust(int(width))

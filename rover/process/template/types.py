@@ -32,7 +32,7 @@ class Member:
     call: Callable[..., object]
     params: tuple[Kind, ...] = ()
     optional: int = 0  # how many trailing params may be left out
-    check_literals: Callable[..., None] | None = None  # validates all-literal arguments early
+    check_literals: Callable[..., object] | None = None  # raises ValueError on bad literals, early
 
 
 @dataclass(frozen=True, eq=False)

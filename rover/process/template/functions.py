@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rover.process.template_syntax import TemplateError
-from rover.process.template_types import Kind, RenderError, TypedExpr
-from rover.process.template_values import as_text, compare_kinds, go_sprintf, truth
+from rover.process.template.syntax import TemplateError
+from rover.process.template.types import Kind, RenderError, TypedExpr
+from rover.process.template.values import as_text, compare_kinds, go_sprintf, truth
 
 
 def _fail(reason: str) -> TemplateError:

@@ -11,19 +11,22 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client
 
 from rover.config import KubernetesConfig
 from rover.hostfs import HostFS
 from rover.process.agent_host import AgentHost
-from rover.process.analyzer import Analyzer
-from rover.process.cgroup import container_from_cgroup_file
+from rover.process.context import ProcessView
 from rover.process.finder import FinderConfigError
-from rover.process.k8s_client import load_api_client
-from rover.process.k8s_context import KUBERNETES_DATA, ContainerView, KubernetesData, PodView
-from rover.process.k8s_model import (
+from rover.process.kubernetes.analyzer import Analyzer
+from rover.process.kubernetes.cgroup import container_from_cgroup_file
+from rover.process.kubernetes.client import load_api_client
+from rover.process.kubernetes.context import KUBERNETES_DATA, ContainerView, KubernetesData, PodView
+from rover.process.kubernetes.model import (
     PodContainer,
     PodInfo,
     ServiceInfo,
@@ -31,14 +34,13 @@ from rover.process.k8s_model import (
     service_from_api,
     service_names,
 )
-from rover.process.k8s_owner import OwnerResolver
-from rover.process.k8s_watch import Reflector
+from rover.process.kubernetes.owner import OwnerResolver
+from rover.process.kubernetes.watch import Reflector
 from rover.process.log_once import OncePerProcess
 from rover.process.model import DiscoveredProcess, ProcessKind
 from rover.process.procfs import HostProcess, scan_host_processes
 from rover.process.profilable import ProfilingSupport
 from rover.process.template import RenderError
-from rover.process.template_context import ProcessView
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class KubernetesFinder:
         pods: list[Reflector[PodInfo]] = []
         services: list[Reflector[ServiceInfo]] = []
         for namespace in namespaces or [""]:
+            list_pods: Callable[..., Any]
+            list_services: Callable[..., Any]
             if namespace:
                 list_pods = functools.partial(
                     api.list_namespaced_pod, namespace, field_selector=on_node
@@ -127,12 +131,15 @@ class KubernetesFinder:
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    def _watches(self) -> list[Reflector[Any]]:
+        return [*self._pods, *self._services]
+
     def start(self) -> None:
-        for reflector in (*self._pods, *self._services):
+        for reflector in self._watches():
             reflector.start()
 
     def stop(self) -> None:
-        reflectors = (*self._pods, *self._services)
+        reflectors = self._watches()
         for reflector in reflectors:
             reflector.request_stop()
         for reflector in reflectors:
@@ -143,12 +150,12 @@ class KubernetesFinder:
     @property
     def synced(self) -> bool:
         """Whether every watched collection has been listed at least once."""
-        return all(r.synced.is_set() for r in (*self._pods, *self._services))
+        return all(r.synced.is_set() for r in self._watches())
 
     def wait_synced(self, timeout_s: float) -> bool:
         """Whether every watched collection has been listed at least once within the time."""
         deadline = time.monotonic() + timeout_s
-        for reflector in (*self._pods, *self._services):
+        for reflector in self._watches():
             if not reflector.synced.wait(max(0.0, deadline - time.monotonic())):
                 return False
         return True

@@ -1,29 +1,7 @@
-"""Rover's naming templates and filters: compiled once at start-up, rendered per process.
+"""Compiling a parsed template against the type of its data, and rendering it.
 
-A template is checked against the *type* of the data it will see (an :class:`ObjectType`
-listing the fields and methods a context offers, e.g. ``.Pod.LabelValue``), so an unknown
-field or function, a wrong argument count or type, or an object printed as text is a
-:class:`TemplateError` at start-up rather than a surprise per process. Nothing is evaluated
-through Python's own machinery: only the members declared in the types can be reached.
-
-The Go text/template subset (see ``template_syntax`` for the grammar):
-
-* text around actions; ``{{- x -}}`` trim markers; ``{{/* comments */}}``;
-* literals: ``"strings"`` (Go escapes), ```raw```, decimal integers, ``true``/``false``;
-* ``.`` and member chains: ``.Pod.Name``, ``.Pod.LabelValue "a,b" "dflt"``,
-  ``(.Pod.FindContainer "x").Name``; parenthesised pipelines as arguments;
-* pipelines ``x | f a`` (the value becomes the last argument of ``f``, a function or method);
-* ``if`` / ``else if`` / ``else`` / ``end`` (Go's truth: false, 0, "" are false);
-* functions ``eq ne lt le gt ge and or not len print printf println`` with Go's semantics
-  (``eq a b c`` is a==b or a==c; ``and``/``or`` return an argument and short-circuit;
-  ``printf`` verbs ``%s %v %d %q %t %%``), plus Rover's ``equalsOrDefault eq ifSame value``.
-
-Rejected at compile time: variables, ``range``/``with``/``define``/``template``/``block``,
-``nil``, character and floating-point constants, ``index``/``slice``/``html``/``js``/
-``urlquery``/``call``, and a stray ``}}`` in text.
-
-A filter is one expression; like Rover (which renders ``{{<filter>}}`` and parses the text with
-Go's ``strconv.ParseBool``) it passes when its value is true, or a string such as ``"true"``.
+Every member and function is looked up and its arguments checked here, once; what is left
+for rendering is a tree of closures over the data (see the package docstring).
 """
 
 from __future__ import annotations
@@ -31,32 +9,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from rover.process import template_syntax as syntax
-from rover.process.template_functions import FUNCTIONS, UNSUPPORTED_FUNCTIONS
-from rover.process.template_syntax import TemplateError
-from rover.process.template_types import (
+from rover.process.template import syntax
+from rover.process.template.functions import FUNCTIONS, UNSUPPORTED_FUNCTIONS
+from rover.process.template.syntax import TemplateError
+from rover.process.template.types import (
     Evaluator,
     Kind,
-    Member,
     ObjectType,
     RenderError,
     TypedExpr,
     a_kind,
     constant,
 )
-from rover.process.template_values import as_text, kind_of, parse_go_bool, truth
-
-__all__ = [
-    "Filter",
-    "Kind",
-    "Member",
-    "ObjectType",
-    "RenderError",
-    "Template",
-    "TemplateError",
-    "compile_filter",
-    "compile_template",
-]
+from rover.process.template.values import as_text, kind_of, parse_go_bool, truth
 
 
 class Template:

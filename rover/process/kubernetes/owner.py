@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from rover.process.k8s_model import OwnerRef, PodInfo
+from rover.process.kubernetes.model import OwnerRef, PodInfo
 
 _CACHE_TTL_S = 600.0
 _REQUEST_TIMEOUT_S = 10.0
