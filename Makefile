@@ -1,5 +1,5 @@
 # Everything a person needs, from a fresh Debian 12 machine (as root).
-.PHONY: setup test demo lint format bench clean
+.PHONY: setup test image image-test demo lint format bench clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,16 @@ setup:
 test: setup
 	$(VENV)/bin/ruff check rover tests bench
 	$(VENV)/bin/ruff format --check rover tests bench
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m mypy
+	$(PY) -m pytest -ra -m "not image" $(PYTEST_ARGS)
+
+# The container image (podman; see docs/deploy.md), and its tests: they run the image built
+# last, so build it first (CI runs both).
+image:
+	bash scripts/build-image.sh
+
+image-test: setup
+	$(PY) -m pytest -ra -m image $(PYTEST_ARGS)
 
 demo: setup
 	bash scripts/demo.sh
@@ -18,6 +27,7 @@ demo: setup
 lint:
 	$(VENV)/bin/ruff check rover tests bench
 	$(VENV)/bin/ruff format --check rover tests bench
+	$(PY) -m mypy
 
 format:
 	$(VENV)/bin/ruff format rover tests bench
@@ -34,4 +44,4 @@ bench: setup
 	$(PY) bench/bench_convert.py
 
 clean:
-	rm -rf build .pytest_cache tests/artifacts
+	rm -rf build .pytest_cache .mypy_cache tests/artifacts

@@ -27,6 +27,8 @@ Options:
                         "" ships none)
   --cache-dir DIR       where downloaded .deb files are kept between runs
                         (default: /var/cache/rover-install)
+  --system-only         steps 1 and 4 only (the image installs them in a layer of their
+                        own, which a change to rover's code does not rebuild)
   -h, --help            show this help
 
 Running it again updates the install. On failure it names the step that failed.
@@ -44,6 +46,7 @@ source_path=$repo
 headers_dir=""
 kernel_series="6.1 6.12"
 cache_dir=/var/cache/rover-install
+system_only=0
 prefix=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -52,6 +55,7 @@ while [ $# -gt 0 ]; do
     --headers-dir) [ $# -ge 2 ] || die "--headers-dir needs a directory"; headers_dir=$2; shift 2 ;;
     --kernel-series) [ $# -ge 2 ] || die "--kernel-series needs a list"; kernel_series=$2; shift 2 ;;
     --cache-dir) [ $# -ge 2 ] || die "--cache-dir needs a directory"; cache_dir=$2; shift 2 ;;
+    --system-only) system_only=1; shift ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$prefix" ] || die "one PREFIX only (got $prefix and $1)"; prefix=$1; shift ;;
   esac
@@ -96,50 +100,54 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # -- 2. virtualenv with rover ----------------------------------------------------------------
-step="virtualenv at $prefix/venv"
-venv=$prefix/venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import bcc' 2>/dev/null; then
-  log "creating $venv"
-  rm -rf "$venv"
-  mkdir -p "$prefix"
-  /usr/bin/python3 -m venv --system-site-packages "$venv"
-fi
-pip=("$venv/bin/pip" --disable-pip-version-check --quiet)
+# (a function, so --system-only can leave steps 2 and 3 out)
+install_rover() {
+  step="virtualenv at $prefix/venv"
+  venv=$prefix/venv
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import bcc' 2>/dev/null; then
+    log "creating $venv"
+    rm -rf "$venv"
+    mkdir -p "$prefix"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+  fi
+  pip=("$venv/bin/pip" --disable-pip-version-check --quiet)
 
-step="building rover from $source_path"
-if [ -d "$source_path" ]; then
-  # Build from a clean copy of what the wheel needs: an in-tree build would leave build/
-  # behind, whose stale files can end up in later wheels.
-  mkdir -p "$work/src"
-  tar -C "$source_path" --exclude=__pycache__ -cf - \
-    pyproject.toml setup.py MANIFEST.in README.md rover bpf configs | tar -C "$work/src" -xf -
-  "${pip[@]}" wheel --no-deps --wheel-dir "$work/dist" "$work/src"
-  wheel=$(ls "$work"/dist/rover_ebpf-*.whl)
-else
-  case $source_path in *.whl) ;; *) die "--source: expected a directory or a .whl, got $source_path" ;; esac
-  wheel=$source_path
-fi
+  step="building rover from $source_path"
+  if [ -d "$source_path" ]; then
+    # Build from a clean copy of what the wheel needs: an in-tree build would leave build/
+    # behind, whose stale files can end up in later wheels.
+    mkdir -p "$work/src"
+    tar -C "$source_path" --exclude=__pycache__ -cf - \
+      pyproject.toml setup.py MANIFEST.in README.md rover bpf configs | tar -C "$work/src" -xf -
+    "${pip[@]}" wheel --no-deps --wheel-dir "$work/dist" "$work/src"
+    wheel=$(ls "$work"/dist/rover_ebpf-*.whl)
+  else
+    case $source_path in *.whl) ;; *) die "--source: expected a directory or a .whl, got $source_path" ;; esac
+    wheel=$source_path
+  fi
 
-step="installing $(basename "$wheel") and its dependencies"
-log "installing $(basename "$wheel") into $venv"
-"${pip[@]}" install "$wheel"
-# The same version may be installed already: replace it with this build.
-"${pip[@]}" install --force-reinstall --no-deps "$wheel"
-"$venv/bin/python" -c 'import bcc, rover._data as d; assert (d.data_dir("bpf") / "oncpu.c").is_file()' \
-  || die "the installed rover cannot import bcc or find its BPF sources"
+  step="installing $(basename "$wheel") and its dependencies"
+  log "installing $(basename "$wheel") into $venv"
+  "${pip[@]}" install "$wheel"
+  # The same version may be installed already: replace it with this build.
+  "${pip[@]}" install --force-reinstall --no-deps "$wheel"
+  "$venv/bin/python" -c 'import bcc, rover._data as d; assert (d.data_dir("bpf") / "oncpu.c").is_file()' \
+    || die "the installed rover cannot import bcc or find its BPF sources"
 
-# -- 3. PREFIX/bin/rover ---------------------------------------------------------------------
-step="$prefix/bin/rover"
-mkdir -p "$prefix/bin"
-cat >"$prefix/bin/rover.tmp" <<EOF
+  # -- 3. PREFIX/bin/rover -------------------------------------------------------------------
+  step="$prefix/bin/rover"
+  mkdir -p "$prefix/bin"
+  cat >"$prefix/bin/rover.tmp" <<EOF
 #!/bin/sh
 # rover, installed by scripts/install.sh; the fallback kernel headers are where it put them.
 : "\${ROVER_SHIPPED_KERNEL_HEADERS:=$headers_dir}"
 export ROVER_SHIPPED_KERNEL_HEADERS
 exec "$venv/bin/rover" "\$@"
 EOF
-chmod 755 "$prefix/bin/rover.tmp"
-mv -f "$prefix/bin/rover.tmp" "$prefix/bin/rover"
+  chmod 755 "$prefix/bin/rover.tmp"
+  mv -f "$prefix/bin/rover.tmp" "$prefix/bin/rover"
+}
+if [ $system_only -eq 0 ]; then install_rover; fi
 
 # -- 4. fallback kernel headers --------------------------------------------------------------
 step="kernel headers"
@@ -158,18 +166,25 @@ newest_headers_package() {
 # The .deb of a package in the cache, downloaded if absent.
 fetch_deb() {
   local pkg=$1 deb
-  deb=$(ls "$cache_dir/${pkg}_"*.deb 2>/dev/null | sort -V | tail -n 1 || true)
+  deb=$(find "$cache_dir" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
   if [ -z "$deb" ]; then
     (cd "$cache_dir" && apt-get download -qq -o APT::Sandbox::User=root "$pkg") >&2
-    deb=$(ls "$cache_dir/${pkg}_"*.deb | sort -V | tail -n 1)
+    deb=$(find "$cache_dir" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
   fi
   printf '%s\n' "$deb"
 }
 
-# What bcc does not read: other architectures, module build tools, symbol versions.
+# What bcc does not read: other architectures, module build tools, symbol versions, and the
+# headers of device drivers (device tree bindings, sound, graphics, video, storage and
+# network adapters: no profiling program includes them; 20 MiB a tree).
 prune_tree() {
-  local tree=$1
+  local tree=$1 dir
   rm -rf "$tree/scripts" "$tree/tools" "$tree/Module.symvers" "$tree/vmlinux"
+  for dir in dt-bindings sound drm media soc video rdma scsi target ufs pcmcia \
+    linux/mfd linux/platform_data linux/mlx5 linux/soc linux/mtd linux/iio linux/qed \
+    uapi/drm uapi/sound uapi/rdma; do
+    rm -rf "${tree:?}/include/$dir"
+  done
   if [ -d "$tree/arch" ]; then
     find "$tree/arch" -mindepth 1 -maxdepth 1 ! -name "$karch" -exec rm -rf {} +
   fi
@@ -207,7 +222,7 @@ if [ -n "$kernel_series" ]; then
       tree=$staging/usr/src/$pkg
       [ -d "$tree/include" ] || die "$pkg has no usr/src/$pkg/include"
       prune_tree "$tree"
-      rm -rf "$headers_dir/$pkg.new" "$headers_dir/$pkg"
+      rm -rf "${headers_dir:?}/$pkg.new" "${headers_dir:?}/$pkg"
       cp -a "$tree" "$headers_dir/$pkg.new"
       mv "$headers_dir/$pkg.new" "$headers_dir/$pkg"
     done
@@ -215,5 +230,9 @@ if [ -n "$kernel_series" ]; then
 fi
 
 step="checking the install"
+if [ $system_only -eq 1 ]; then
+  log "done: Debian packages, kernel headers in $headers_dir (--system-only: no rover)"
+  exit 0
+fi
 version=$("$prefix/bin/rover" --version)
 log "done: $prefix/bin/rover ($version), kernel headers in $headers_dir"
