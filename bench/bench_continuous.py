@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 
 from rover.backend.continuous import meters_to_proto, report_to_proto
+from rover.config import ContinuousConfig
 from rover.continuous import (
     CheckItem,
-    ContinuousConfig,
     ContinuousProfiler,
     MeterSample,
     MonitorType,

@@ -32,7 +32,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,6 +46,8 @@ from rover.symbols.elf_table import ElfSymbolTable  # noqa: E402
 from rover.symbols.gopclntab import read_gopclntab  # noqa: E402
 from rover.symbols.perf_map import PerfMap  # noqa: E402
 from rover.symbols.report import Reporter  # noqa: E402
+
+Result = TypeVar("Result")
 
 BUSY_PYTHON = r"""
 import bz2, csv, ctypes, datetime, decimal, hashlib, io, json, lzma, pickle, re, sqlite3
@@ -109,10 +113,9 @@ func main() {
 """
 
 
-def timed(function, repeat: int) -> tuple[float, object]:
+def timed(function: Callable[[], Result], repeat: int) -> tuple[float, Result]:
     """Median wall time of ``repeat`` calls, and the last result."""
     times = []
-    result = None
     for _ in range(repeat):
         start = time.perf_counter()
         result = function()

@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,22 +32,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rover.hostfs import HostFS  # noqa: E402
 from rover.symbols import Symbolizer  # noqa: E402
-from rover.symbols.cache import ElfSymbolsCache  # noqa: E402
+from rover.symbols.cache import ElfSymbols, ElfSymbolsCache  # noqa: E402
 from rover.symbols.debug_files import DebugFiles  # noqa: E402
 from rover.symbols.elf_file import ElfImage  # noqa: E402
 from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table  # noqa: E402
 from rover.symbols.kallsyms import KernelSymbols  # noqa: E402
 from rover.symbols.report import Reporter  # noqa: E402
 
+Result = TypeVar("Result")
+
 DEFAULT_LIBRARY = "/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1"
 DEFAULT_STRIPPED = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 LOOKUPS = 1_000_000
 
 
-def timed(function, repeat: int) -> tuple[float, object]:
+def timed(function: Callable[[], Result], repeat: int) -> tuple[float, Result]:
     """Median wall time of ``repeat`` calls, and the last result."""
     times = []
-    result = None
     for _ in range(repeat):
         start = time.perf_counter()
         result = function()
@@ -73,11 +76,12 @@ def run_nm(path: str) -> None:
 def load_naive(path: str) -> int:
     """The per-symbol pyelftools loop this module avoids (for comparison only)."""
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     count = 0
     with open(path, "rb") as f:
         for section in ELFFile(f).iter_sections():
-            if section["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            if isinstance(section, SymbolTableSection):  # .symtab and .dynsym
                 for sym in section.iter_symbols():
                     if sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]:
                         count += len(sym.name) > 0
@@ -177,7 +181,7 @@ def bench_debug_file(path: str, repeat: int) -> None:
         return
     debug_files = DebugFiles(HostFS(), Reporter(()))
 
-    def load() -> object:
+    def load() -> ElfSymbols:
         with open(path, "rb") as stream:
             symbols = ElfSymbolsCache().load(
                 stream, None, lambda image: debug_files.symbols_for(image, os.getpid(), path, None)

@@ -40,9 +40,7 @@ def run_checks(
     except KernelHeadersNotFound as exc:
         results.append(CheckResult("kernel headers", False, str(exc)))
     for profile_type in ProfileType:
-        frame_pointer = _can_profile(profile_type, headers)
-        results.append(frame_pointer)
-        results.append(_can_unwind_eh_frame(profile_type, headers, hostfs, frame_pointer.ok))
+        results += _can_profile(profile_type, headers, hostfs)
     return results
 
 
@@ -119,50 +117,36 @@ def _kallsyms_settings() -> tuple[int, int]:
     return values[0], values[1]
 
 
-def _can_profile(profile_type: ProfileType, headers: KernelHeaders | None) -> CheckResult:
-    from rover.bpf.engine import ProfilerEngine
+def _can_profile(
+    profile_type: ProfileType, headers: KernelHeaders | None, hostfs: HostFS
+) -> list[CheckResult]:
+    """The program of ``profile_type`` compiled, loaded, attached and closed (frame-pointer
+    unwinding), and whether the kernel's verifier accepts its CFI stack walk (``eh_frame``
+    unwinding, and ``auto`` for code without frame pointers)."""
+    from rover.bpf.engine import EngineConfig
     from rover.bpf.loader import BPFLoadError
+    from rover.unwind.modes import EH_FRAME, make_engine
 
     name = f"{profile_type.value} profiling"
+    walk = f"{name} (eh_frame)"
     if headers is None:
-        return CheckResult(name, False, "cannot run without kernel headers")
+        return [
+            CheckResult(name, False, "cannot run without kernel headers"),
+            CheckResult(walk, False, "cannot run without kernel headers"),
+        ]
     try:
-        engine = ProfilerEngine(profile_type, headers)
+        engine = make_engine(profile_type, headers, EngineConfig(), EH_FRAME, hostfs)
     except BPFLoadError as exc:
-        return CheckResult(name, False, str(exc).splitlines()[0])
+        reason = str(exc).splitlines()[0]
+        return [CheckResult(name, False, reason), CheckResult(walk, False, reason)]
+    walks = engine.walks_cfi
     engine.close()
-    return CheckResult(name, True, "program compiled, loaded and attached")
-
-
-def _can_unwind_eh_frame(
-    profile_type: ProfileType,
-    headers: KernelHeaders | None,
-    hostfs: HostFS,
-    frame_pointer_ok: bool,
-) -> CheckResult:
-    """The .eh_frame program of ``profile_type`` (``--unwind eh_frame``, and ``auto`` for
-    code without frame pointers), compiled, loaded, attached and closed."""
-    from rover.unwind.engine import DwarfProfilerEngine
-
-    name = f"{profile_type.value} profiling (eh_frame)"
-    # While frame-pointer profiling works, losing eh_frame is a warning: profiling still runs.
-    required = not frame_pointer_ok
-    if headers is None:
-        return CheckResult(name, False, "cannot run without kernel headers", required)
-    try:
-        engine = DwarfProfilerEngine(profile_type, headers, hostfs=hostfs)
-    except Exception as exc:  # BPFLoadError, or bcc's bare Exception (ring buffer set-up)
-        return CheckResult(name, False, _eh_frame_failure(exc, frame_pointer_ok), required)
-    engine.close()  # stops and joins its consumer thread too
-    return CheckResult(name, True, "program compiled, loaded and attached", required)
-
-
-def _eh_frame_failure(exc: Exception, frame_pointer_ok: bool) -> str:
-    lines = str(exc).splitlines()
-    detail = lines[0] if lines else type(exc).__name__
-    if frame_pointer_ok:
-        detail += (
-            "; only frame_pointer unwinding works (--unwind frame_pointer, profiling.unwind:"
-            " frame_pointer): code built without frame pointers loses its callers"
-        )
-    return detail
+    loaded = CheckResult(name, True, "program compiled, loaded and attached")
+    if walks:
+        return [loaded, CheckResult(walk, True, "CFI stack walk verified by the kernel")]
+    refused = (
+        "this kernel's verifier refuses the CFI stack walk: only frame_pointer unwinding "
+        "works (--unwind frame_pointer, profiling.unwind: frame_pointer): code built "
+        "without frame pointers loses its callers"
+    )
+    return [loaded, CheckResult(walk, False, refused, required=False)]

@@ -342,13 +342,11 @@ def _load_engine(
     """Compile, load and attach the program(s) the targets need; RuntimeFailure if not."""
     from rover.bpf.engine import EngineConfig
     from rover.bpf.loader import BPFLoadError
-    from rover.unwind.modes import AutoUnwindEngine, make_engine
+    from rover.unwind.modes import make_engine
 
     config = EngineConfig(frequency=request.frequency)
     try:
         engine = make_engine(profile_type, headers, config, request.unwind, hostfs=hostfs)
-        if isinstance(engine, AutoUnwindEngine):
-            engine.prepare(request.pids)  # compile what the targets need now
     except BPFLoadError as exc:
         reason = str(exc).splitlines()[0]
         raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None
@@ -406,7 +404,7 @@ def _print_summary(profile, path: str, elapsed: float, value: str | None = None)
     }
     print(
         f"wrote {path}: {format_total(total, view)}, {len(profile)} distinct stacks, "
-        f"{elapsed:.1f}s, {unsymbolized} unsymbolized frames"
+        f"{elapsed:.1f}s window, {unsymbolized} unsymbolized frames"
     )
     if dropped:
         details = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()))
@@ -546,7 +544,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from rover.backend import BackendConfigError
     from rover.health import HealthAddressError
     from rover.process.finder import FinderConfigError
-    from rover.process.k8s_client import KubernetesConnectError
+    from rover.process.kubernetes.client import KubernetesConnectError
     from rover.process.template import TemplateError
 
     try:

@@ -117,6 +117,25 @@ class Profile:
             self.count(name, n)
         self.duration_ns += other.duration_ns
 
+    def split_by_process(self) -> dict[int, Profile]:
+        """One profile per process that has samples: same type, times and period; the
+        counters stay here (they are the whole profile's)."""
+        parts: dict[int, Profile] = {}
+        for key, values in self.samples.items():
+            part = parts.get(key.pid)
+            if part is None:
+                info = self.processes.get(key.pid)
+                part = parts[key.pid] = Profile(
+                    type=self.type,
+                    value_types=self.value_types,
+                    processes={key.pid: info} if info is not None else {},
+                    start_time_ns=self.start_time_ns,
+                    duration_ns=self.duration_ns,
+                    period_ns=self.period_ns,
+                )
+            part.samples[key] = list(values)
+        return parts
+
     def count(self, counter: str, n: int = 1) -> None:
         self.counters[counter] = self.counters.get(counter, 0) + n
 

@@ -26,7 +26,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 512; }}
 http {{
-    access_log off;
+    access_log {access_log};
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
@@ -48,13 +48,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def nginx(prefix: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A running nginx serving a 4 KiB page at http://127.0.0.1:PORT/; stopped at exit."""
+def nginx(
+    prefix: Path, access_log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A running nginx serving a 4 KiB page at http://127.0.0.1:PORT/; stopped at exit.
+
+    ``access_log``: where nginx writes a line per request (unbuffered: one write each);
+    default none. A FIFO needs its reader running first: nginx blocks opening it.
+    """
     port = free_port()
     (prefix / "html").mkdir(parents=True, exist_ok=True)
     (prefix / "html" / "index.html").write_text("<p>rover</p>\n" * 315)
     config = prefix / "nginx.conf"
-    config.write_text(_CONFIG.format(prefix=prefix, port=port))
+    log = "off" if access_log is None else str(access_log)
+    config.write_text(_CONFIG.format(prefix=prefix, port=port, access_log=log))
     process = subprocess.Popen(
         [NGINX, "-p", str(prefix), "-c", str(config)],
         stdout=subprocess.DEVNULL,

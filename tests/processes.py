@@ -153,8 +153,8 @@ def spawn(
     ready_timeout: float = DEFAULT_READY_TIMEOUT,
 ) -> RunningProcess:
     """Start `argv` with stdout piped and, by default, wait for its "ready" line."""
-    argv = [os.fspath(a) for a in argv]
-    process = RunningProcess(*_launch(argv, stdin, env, cwd), argv=argv)
+    command = [os.fspath(a) for a in argv]
+    process = RunningProcess(*_launch(command, stdin, env, cwd), argv=command)
     if wait_ready:
         process.wait_ready(ready_timeout)
     return process

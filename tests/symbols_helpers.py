@@ -24,8 +24,10 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection, SymbolTableSection
 
 C_PROGRAM = r"""
 #include <dlfcn.h>
@@ -308,7 +310,7 @@ def section_range(path: Path, name: str) -> tuple[int, int]:
 def build_id_of(path: Path) -> str:
     with open(path, "rb") as f:
         for section in ELFFile(f).iter_sections():
-            if section["sh_type"] == "SHT_NOTE":
+            if isinstance(section, NoteSection):
                 for note in section.iter_notes():
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         return note["n_desc"]
@@ -321,7 +323,7 @@ def nm_functions(path: Path) -> dict[str, tuple[int, int]]:
     with open(path, "rb") as f:
         elf = ELFFile(f)
         for section in elf.iter_sections():
-            if section["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            if not isinstance(section, SymbolTableSection):  # .symtab and .dynsym
                 continue
             for sym in section.iter_symbols():
                 if sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]:
@@ -342,14 +344,14 @@ def file_offset_of(path: Path, vaddr: int) -> int:
 class RunningProgram:
     """A test program speaking the protocol of this module's docstring."""
 
-    def __init__(self, argv: list[str], *, timeout: float = 60.0, **popen: object) -> None:
+    def __init__(self, argv: list[str], *, timeout: float = 60.0, **popen: Any) -> None:
         self.timeout = timeout
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            **popen,  # type: ignore[arg-type]
+            **popen,
         )
         self.pid = self.process.pid
         self.addresses: dict[str, int] = {}

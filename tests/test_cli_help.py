@@ -13,7 +13,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def profile_options() -> dict[str, object]:
     """Option -> its argparse action, of `rover profile`."""
     parser = build_parser()
-    profile = parser._subparsers._group_actions[0].choices["profile"]  # argparse has no API
+    subparsers = parser._subparsers
+    assert subparsers is not None
+    profile = subparsers._group_actions[0].choices["profile"]  # type: ignore[index]  # argparse has no API
     return {action.option_strings[0]: action for action in profile._actions}
 
 

@@ -43,7 +43,7 @@ def test_on_cpu_drains_count_every_sample_exactly_once(headers, spawn, workloads
         drains.append(engine.drain())
     finally:
         engine.close()
-    events = sum(d.counters["events"] for d in drains)
+    events = sum(d.info["events"] for d in drains)
     assert events > 400
     assert total(drains) == events
     assert {s.tgid for d in drains for s in d.stacks} == {busy.pid}
@@ -67,7 +67,7 @@ def test_off_cpu_drains_count_every_switch_exactly_once(headers, spawn, workload
         drains.append(engine.drain())
     finally:
         engine.close()
-    events = sum(d.counters["events"] for d in drains)
+    events = sum(d.info["events"] for d in drains)
     assert total(drains, 0) == events
     # 200 sleeps, plus a few preemptions; a few sleeps may not leave the CPU
     fewest = workloads.fewest_switches(200)
@@ -108,7 +108,7 @@ def test_full_counts_map_is_counted_not_silent(headers, spawn):
     assert len(drain.stacks) <= 2
     dropped = drain.counters["counts_map_full"]
     assert dropped > 0
-    assert total([drain]) + dropped == drain.counters["events"]
+    assert total([drain]) + dropped == drain.info["events"]
 
 
 def test_stack_map_collisions_are_counted(headers, spawn):

@@ -36,7 +36,8 @@ def before_after() -> tuple[Profile, Profile]:
 
 
 def by_name(tree) -> dict[str, object]:
-    found, pending = {}, [tree.root]
+    found: dict[str, object] = {}
+    pending = [tree.root]
     while pending:
         node = pending.pop()
         found.setdefault(node.name, node)

@@ -186,7 +186,12 @@ def test_icicle_toggle_flips_the_layout(browser, tmp_path):
     def rows() -> tuple[float, float, float]:
         """Top edges of the root, a caller and its callee, relative to the chart."""
         top = chart.rect["y"]
-        return tuple(find_frame(browser, n).rect["y"] - top for n in ("all", "main", HOT_NAME))
+        return tuple(frame_top(n) - top for n in ("all", "main", HOT_NAME))
+
+    def frame_top(name: str) -> float:
+        frame = find_frame(browser, name)
+        assert frame is not None, name
+        return frame.rect["y"]
 
     root, main, hot = rows()
     assert root > main > hot  # flame graph: root at the bottom, callees above
@@ -322,7 +327,7 @@ SVG_NS = {"svg": "http://www.w3.org/2000/svg"}
 
 def svg_frames(path: Path) -> dict[str, ET.Element]:
     root = ET.parse(path).getroot()  # also proves the SVG is well-formed XML
-    return {g.get("data-name"): g for g in root.iterfind(".//svg:g[@class='frame']", SVG_NS)}
+    return {g.attrib["data-name"]: g for g in root.iterfind(".//svg:g[@class='frame']", SVG_NS)}
 
 
 def test_svg_frames_widths_colours_and_tooltips(tmp_path):
@@ -365,7 +370,9 @@ def test_svg_renders_and_zooms_in_browser(browser, tmp_path):
         return browser.find_element(By.CSS_SELECTOR, f"g.frame[data-name='{name}']")
 
     def rect_width(name: str) -> float:
-        return float(svg_frame(name).find_element(By.TAG_NAME, "rect").get_attribute("width"))
+        width = svg_frame(name).find_element(By.TAG_NAME, "rect").get_attribute("width")
+        assert width is not None, name
+        return float(width)
 
     graph_width = rect_width("all")
     assert rect_width(HOT_NAME) / graph_width == pytest.approx(0.8)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
 from rover_cli import rover
 from test_export_flamegraph import HOT_NAME, hot_profile, kernel, user
 from workloads.build import cache_dir
@@ -356,7 +357,7 @@ def test_valid_minimal_message_reads():
 def gnu_build_id(path: Path) -> str:
     with open(path, "rb") as f:
         for section in ELFFile(f).iter_sections():
-            if section.name == ".note.gnu.build-id":
+            if section.name == ".note.gnu.build-id" and isinstance(section, NoteSection):
                 for note in section.iter_notes():
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         return note["n_desc"]

@@ -140,6 +140,9 @@ def test_probes_and_metrics_of_a_running_agent(fake_oap, start_agent, spawn, wor
     assert metric(second, "rover_upload_failures_total") == 0
     assert metric(second, "rover_upload_dropped_messages_total") == 0
     assert metric(second, "rover_bpf_dropped_total", reason="counts_map_full") == 0
+    # Every loss an engine can report is a reason, the CFI walk's and its tables' too.
+    for reason in ("walk_bad_frame", "walk_tail_call_failed", "unwind_tables_over_budget"):
+        assert metric(second, "rover_bpf_dropped_total", reason=reason) == 0
     # The exposition is what Prometheus expects.
     status, text = get(f"{base}/metrics")
     assert "# TYPE rover_samples_collected_total counter" in text
@@ -318,7 +321,7 @@ def test_a_cancelled_load_check_gives_no_verdict():
     from rover.bpf.engine import EngineConfig
     from rover.bpf.load_check import CheckCancelled, LoadCheck
 
-    check = LoadCheck(headers=None, config=EngineConfig())  # type: ignore[arg-type]
+    check = LoadCheck(headers=None, config=EngineConfig())
     check.cancel()
     with pytest.raises(CheckCancelled):
         check.run()
@@ -330,3 +333,30 @@ def peak_rss_kib() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+class ClosedEngine:
+    """An engine freed while a scrape reads it (shutdown)."""
+
+    def events(self) -> int:
+        raise TypeError("'NoneType' object is not subscriptable")
+
+
+def test_an_unreadable_engine_is_counted_at_every_scrape_and_logged_once(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from rover.metrics import AgentCollector
+    from rover.profile import ProfileType
+
+    parts = SimpleNamespace(
+        engines=SimpleNamespace(loaded=lambda: {ProfileType.ON_CPU: ClosedEngine()}),
+        tasks=SimpleNamespace(counters={}),
+    )
+    collector = AgentCollector(parts)
+    with caplog.at_level(logging.DEBUG, logger="rover.metrics"):
+        for _ in range(3):
+            list(collector._profiling())
+    assert collector.engine_read_failures == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ON_CPU engine unreadable" in warnings[0].getMessage()

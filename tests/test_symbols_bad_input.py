@@ -20,6 +20,7 @@ from rover.hostfs import HostFS
 from rover.symbols import Symbolizer
 from rover.symbols.cache import ElfSymbolsCache
 from rover.symbols.elf_file import ElfLoadError
+from rover.symbols.report import Reporter
 
 NOBODY = "65534"
 
@@ -198,3 +199,19 @@ def test_user_frames_never_raises_on_odd_addresses() -> None:
         assert len(frames) == len(odd)
         assert frames[3].name == "main"
         assert [f.symbolized for f in frames] == [False, False, False, True, False]
+
+
+def test_an_unreadable_section_name_table_is_counted_and_logged_once(caplog) -> None:
+    data = bytearray(build("libspin.so").read_bytes())
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    (shentsize, _shnum, shstrndx) = struct.unpack_from("<HHH", data, 0x3A)
+    names_header = shoff + shentsize * shstrndx
+    struct.pack_into("<Q", data, names_header + 0x18, len(data) + 0x100000)  # its sh_offset
+    reporter = Reporter(("section_name_errors",))
+    with caplog.at_level(logging.WARNING, logger="rover.symbols"):
+        for _ in range(2):  # a second load of the same file is not reported again
+            cache = ElfSymbolsCache(reporter=reporter)
+            symbols = cache.load(io.BytesIO(bytes(data)), None, subject="libspin.so")
+            assert len(symbols.table)  # the symbols survive: .symtab is found by type
+    assert reporter.counters["section_name_errors"] == 1
+    assert caplog.text.count("unreadable section names") == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 from symbols_helpers import build, find_tool, nm_functions, run
 
 from rover.symbols.cache import ElfSymbolsCache
@@ -60,7 +61,7 @@ def all_functions(path: Path) -> dict[int, set[str]]:
     found: dict[int, set[str]] = {}
     with open(path, "rb") as f:
         for section in ELFFile(f).iter_sections():
-            if section["sh_type"] not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            if not isinstance(section, SymbolTableSection):  # .symtab and .dynsym
                 continue
             for sym in section.iter_symbols():
                 # STT_LOOS is how pyelftools names STT_GNU_IFUNC.

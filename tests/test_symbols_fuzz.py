@@ -156,7 +156,7 @@ valid_lines = st.builds(
     lambda start, size, name: f"{start} {size} {name}",
     hex_numbers,
     st.integers(1, 1 << 20).map(lambda n: f"{n:x}"),
-    st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), min_size=1)
+    st.text(st.characters(exclude_characters="\n\r", exclude_categories=["Cs"]), min_size=1)
     .map(str.strip)
     .filter(bool),
 )

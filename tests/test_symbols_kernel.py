@@ -133,7 +133,8 @@ def test_parse_real_kallsyms_is_sorted_and_text_only() -> None:
         if line.split()[1] in "tTwW"
     ]
     assert 0 < len(table) <= len(text_lines)
-    assert table.lookup(kallsyms_address("schedule")).name == "schedule"
+    found = table.lookup(kallsyms_address("schedule"))
+    assert found is not None and found.name == "schedule"
 
 
 def test_kernel_frames_name_their_file(tmp_path: Path) -> None:

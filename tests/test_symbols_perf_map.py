@@ -194,22 +194,21 @@ hotLoopWork();
 def test_node_perf_basic_prof_stacks_name_the_js_function(spawn, tmp_path: Path, unwind) -> None:
     """JIT code has no CFI: in eh_frame mode its frames are stepped by frame pointer (V8
     keeps them), and the unwind goes on through node's own frames."""
-    from rover.bpf.engine import EngineConfig, ProfilerEngine
+    from rover.bpf.engine import EngineConfig
     from rover.bpf.headers import HeaderSearch
-    from rover.unwind.engine import DwarfProfilerEngine
-
-    engine_class = DwarfProfilerEngine if unwind == "eh_frame" else ProfilerEngine
+    from rover.unwind.modes import make_engine
 
     # cwd: --perf-basic-prof also writes a V8 log file there.
     node = spawn(["node", "--perf-basic-prof", "-e", NODE_SCRIPT], cwd=tmp_path)
     perf_map_path = Path(f"/tmp/perf-{node.pid}.map")
     symbolizer = Symbolizer()
     try:
-        engine = engine_class(ProfileType.ON_CPU, HeaderSearch().find(), EngineConfig(199))
+        engine = make_engine(ProfileType.ON_CPU, HeaderSearch().find(), EngineConfig(199), unwind)
         try:
             time.sleep(0.5)  # let V8 optimize the loop (and write its code to the perf map)
             symbolizer.prepare(node.pid)
             engine.add_pid(node.pid)
+            assert engine.settle(30)  # node's own table takes a second or so to build
             time.sleep(1.5)
             stacks = [s for s in engine.drain().stacks if s.tgid == node.pid and s.user]
         finally:

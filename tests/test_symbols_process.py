@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 from symbols_helpers import (
     RunningProgram,
     build,
@@ -261,6 +262,7 @@ def test_vdso_functions_resolve(symbolizer: Symbolizer) -> None:
             elf = ELFFile(io.BytesIO(mem.read(end - start)))
         base = next(s["p_vaddr"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
         symbols = elf.get_section_by_name(".dynsym")
+        assert isinstance(symbols, SymbolTableSection)
         sym = next(s for s in symbols.iter_symbols() if s.name == "__vdso_clock_gettime")
         address = start + sym["st_value"] - base + 1
         symbolizer.prepare(prog.pid)

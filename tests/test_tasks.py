@@ -155,6 +155,15 @@ def run_until(manager, seconds, step=0.25):
         time.sleep(step)
 
 
+def run_until_true(manager, condition, timeout=60.0):
+    """Tick and flush until ``condition()``: events, not time (a first compile on a loaded
+    machine takes seconds, inside a tick)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        run_until(manager, 0.25)
+
+
 pytestmark_bpf = pytest.mark.bpf
 
 
@@ -162,17 +171,14 @@ pytestmark_bpf = pytest.mark.bpf
 def test_task_profiles_uploads_and_stops_after_its_duration(engines, spawn, workloads):
     busy = spawn([workloads.build("hot_c_fp")])
     manager, uploader = make_manager(engines, {"p1": busy.pid})
-    task = parse_task_command(task_args(FixedTriggerDuration=2))
+    task = parse_task_command(task_args(FixedTriggerDuration=4))
     assert manager.apply(task)
     assert manager.apply(task)  # the same task again is not run twice
     assert len(manager.runs()) == 1
-    started = time.monotonic()
+    manager.tick()  # starts it (and loads the engine, if no test did yet)
     run_until(manager, 1.5)
-    assert manager.runs()[0].state == "running"  # not before its 2 s are over
-    deadline = started + 15
-    while manager.runs() and time.monotonic() < deadline:
-        run_until(manager, 0.25)
-    assert manager.runs() == []  # finished once its 2 s were over
+    assert manager.runs()[0].state == "running"  # not before its 4 s are over
+    run_until_true(manager, lambda: not manager.runs())  # finished once its 4 s were over
     leaves = uploader.leaf_names("t1")
     assert leaves.count("c_hot_spin") > 0.5 * len(leaves) >= 5  # sampling accuracy: test_engine
     starts = {start for _, _, start, _ in uploader.added}
@@ -192,12 +198,12 @@ def task_type(task):
 def test_future_task_waits_for_its_start_time(engines, spawn, workloads):
     busy = spawn([workloads.build("hot_c_fp")])
     manager, uploader = make_manager(engines, {"p1": busy.pid})
-    start = int(time.time() * 1000) + 1500
+    start = int(time.time() * 1000) + 4000
     manager.apply(parse_task_command(task_args(TaskStartTime=start, FixedTriggerDuration=1)))
     run_until(manager, 1.0)
     assert manager.runs()[0].state == "waiting" and uploader.added == []
-    run_until(manager, 2.0)
-    assert uploader.added and uploader.added[0][2] >= start
+    run_until_true(manager, lambda: uploader.added)
+    assert uploader.added[0][2] >= start
 
 
 @pytest.mark.bpf
@@ -207,9 +213,10 @@ def test_one_task_several_processes_and_shared_pids(engines, spawn, workloads):
     manager, uploader = make_manager(engines, {"p1": first.pid, "p2": second.pid})
     manager.apply(parse_task_command(task_args(TaskId="both", ProcessId="p1,p2")))
     manager.apply(parse_task_command(task_args(TaskId="one", ProcessId="p1")))
-    run_until(manager, 1.5)
+    expected = {("both", "p1"), ("both", "p2"), ("one", "p1")}
+    run_until_true(manager, lambda: {(tid, pid) for tid, pid, _, _ in uploader.added} >= expected)
     by_process = {(tid, pid) for tid, pid, _, _ in uploader.added}
-    assert by_process == {("both", "p1"), ("both", "p2"), ("one", "p1")}
+    assert by_process == expected
     assert "c_hot_spin" in uploader.leaf_names("one")
     assert "ns::Worker::spin()" in uploader.leaf_names("both")
 
@@ -219,11 +226,9 @@ def test_process_dying_mid_task_ends_it_without_error(engines, spawn, workloads)
     busy = spawn([workloads.build("hot_c_fp")])
     manager, uploader = make_manager(engines, {"p1": busy.pid})
     manager.apply(parse_task_command(task_args(FixedTriggerDuration=60)))
-    run_until(manager, 1.0)
+    run_until_true(manager, lambda: "c_hot_spin" in uploader.leaf_names("t1"))
     busy.stop()
-    run_until(manager, 1.0)
-    assert manager.runs() == []
-    assert "c_hot_spin" in uploader.leaf_names("t1")
+    run_until_true(manager, lambda: not manager.runs(), timeout=10)
 
 
 @pytest.mark.bpf
@@ -233,7 +238,8 @@ def test_off_cpu_task(engines, spawn, workloads):
     manager.apply(parse_task_command(task_args(TargetType="OFF_CPU")))
     manager.tick()
     blocker.send_line("go")
-    run_until(manager, 2.0)
+    assert blocker.read_line(timeout=60) == "done 100"  # every sleep is over
+    manager.flush()
     sleeps = [
         values
         for _, _, _, profile in uploader.added
@@ -293,6 +299,24 @@ def test_poller_advances_latest_update_time_only_for_usable_commands():
     assert poller.malformed == 1 and poller.ignored == 1
 
 
+def test_a_task_for_a_process_not_registered_yet_is_not_lost_to_a_newer_one():
+    """The backend sends tasks updated after the time the agent gives it: a newer task in the
+    same reply must not move that time past one still waiting for its process."""
+    known = {"p1": 1}
+    manager, _ = make_manager(EngineSet(lambda: None, EngineConfig()), known)
+    waiting = Cmd(TASK_COMMAND, task_args(TaskId="late", TaskUpdateTime=500, ProcessId="p2"))
+    newer = Cmd(TASK_COMMAND, task_args(TaskId="now", TaskUpdateTime=900))
+    source = FakeSource([[waiting, newer], [waiting]])
+    poller = TaskPoller(source, "agent-1", manager)
+    poller.poll()
+    assert [run.task.task_id for run in manager.runs()] == ["now"]
+    known["p2"] = 2  # the reply to its report arrived
+    poller.poll()
+    assert source.queries == [("agent-1", 0), ("agent-1", 499)]
+    assert sorted(run.task.task_id for run in manager.runs()) == ["late", "now"]
+    assert poller.latest_update_time == 500  # "now" comes once more: already running
+
+
 def test_a_command_that_breaks_the_parser_costs_only_itself():
     """A RecursionError (or any other failure) in one command skips it; the valid one starts."""
     manager, _ = make_manager(EngineSet(lambda: None, EngineConfig()), {"p1": 1})
@@ -314,13 +338,14 @@ def test_duration_counts_from_the_real_start_after_a_slow_engine_load(spawn, wor
     busy = spawn([workloads.build("hot_c_fp")])
 
     def slow_headers():
-        time.sleep(2.0)  # stands in for a slow first compile on a loaded node
+        time.sleep(4.0)  # stands in for a slow first compile on a loaded node
         return HeaderSearch().find()
 
     engine_set = EngineSet(slow_headers, EngineConfig())
     manager, uploader = make_manager(engine_set, {"p1": busy.pid})
     try:
-        manager.apply(parse_task_command(task_args(FixedTriggerDuration=2)))
+        # counted from the request, its 3 s would be over once the 4 s load is done
+        manager.apply(parse_task_command(task_args(FixedTriggerDuration=3)))
         manager.tick()  # loads the engine (slowly) and starts the task
         run = manager.runs()[0]
         assert run.state == "running"

@@ -71,8 +71,10 @@ def expected_rule(row: dict[str, str]):
     kind = {"rsp": CFA_RSP, "rbp": CFA_RBP}.get(cfa[:3])
     if kind is None:
         return "expression"  # CFA from another register: not computable either
-    rbp_offset = int(rbp[1:]) if rbp.startswith("c") else SAME_VALUE if rbp in "us" else UNKNOWN
-    ra_offset = int(ra[1:]) if ra.startswith("c") else UNKNOWN
+    rbp_offset: int | str = (
+        int(rbp[1:]) if rbp.startswith("c") else SAME_VALUE if rbp in "us" else UNKNOWN
+    )
+    ra_offset: int | str = int(ra[1:]) if ra.startswith("c") else UNKNOWN
     # Held in a register: the value expression DW_OP_bregN 0 (see comparable()).
     rbp_offset = HELD if rbp == "reg" else rbp_offset
     ra_offset = HELD if ra == "reg" else ra_offset
@@ -213,6 +215,7 @@ def test_adding_a_process_loads_its_tables_within_a_budget(workloads, spawn, tmp
 def garble(path: Path, how: str) -> None:
     with open(path, "rb") as stream:
         section = ElfImage(stream).section(".eh_frame")
+    assert section is not None
     data = bytearray(path.read_bytes())
     start, end = section.offset, section.offset + section.size
     if how == "garbage":

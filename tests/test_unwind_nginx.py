@@ -9,8 +9,8 @@ from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import HeaderSearch
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
-from rover.unwind.engine import DwarfProfilerEngine
 from rover.unwind.frame_pointers import EH_FRAME, choose_unwind
+from rover.unwind.modes import make_engine
 
 pytestmark = pytest.mark.bpf
 
@@ -19,7 +19,7 @@ def test_nginx_samples_name_its_own_functions(tmp_path):
     headers = HeaderSearch().find()
     with nginx(tmp_path) as (server, port):
         assert choose_unwind(HostFS(), server.pid).mode == EH_FRAME
-        engine = DwarfProfilerEngine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499))
+        engine = make_engine(ProfileType.ON_CPU, headers, EngineConfig(frequency=499), EH_FRAME)
         try:
             total, named, result = profile_under_load(engine, server.pid, port)
         finally:

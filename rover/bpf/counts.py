@@ -45,22 +45,33 @@ class DoubleBufferedCounts:
         self._active = index
 
 
-class StackTraces:
-    """A BPF_STACK_TRACE map: ids to addresses, and collection of unreferenced stacks."""
+class StackMap:
+    """A map of stacks by id, the ids counted events refer to; resolution, and collection
+    of the stacks no count refers to any more.
 
-    def __init__(self, table, size: int, gc_ratio: float) -> None:
+    Two kinds: the kernel's BPF_STACK_TRACE map of frame-pointer (and kernel) stacks,
+    ids from bpf_get_stackid, negative for none; and ``user_stacks`` of the CFI walk
+    (``bpf/cfi_walk.h``), keyed by a hash of the addresses, 0 for none.
+    """
+
+    def __init__(self, table, size: int, gc_ratio: float, walked: bool = False) -> None:
         self._table = table
         self._limit = size * gc_ratio
+        self._walked = walked
+        self._key = ct.c_uint64 if walked else ct.c_int
         self._known: set[int] = set()
 
     def resolve(self, stack_id: int, cache: dict[int, tuple[int, ...] | None]):
         """Addresses for a stack id; () when none was captured; None when it is gone."""
-        if stack_id < 0:
+        if (stack_id == 0) if self._walked else (stack_id < 0):
             return ()
         if stack_id not in cache:
             try:
-                trace = self._table[ct.c_int(stack_id)]
-                cache[stack_id] = tuple(ip for ip in trace.ip if ip)
+                value = self._table[self._key(stack_id)]
+                if self._walked:
+                    cache[stack_id] = tuple(value.ips[: min(value.len, len(value.ips))])
+                else:
+                    cache[stack_id] = tuple(ip for ip in value.ip if ip)
                 self._known.add(stack_id)
             except KeyError:
                 cache[stack_id] = None
@@ -80,7 +91,7 @@ class StackTraces:
         deleted = 0
         for stack_id in self._known - keep:
             with contextlib.suppress(KeyError):
-                del self._table[ct.c_int(stack_id)]
+                del self._table[self._key(stack_id)]
                 deleted += 1
         self._known &= keep
         log.debug("stack map collection: %d stacks deleted", deleted)

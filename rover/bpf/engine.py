@@ -1,39 +1,46 @@
 """One loaded BPF program per profiling type, serving any number of processes.
 
 The pid filter is a map updated at run time, so adding or removing a process
-never recompiles. :meth:`ProfilerEngine.drain` returns the raw per-interval
-counts (stack addresses, not names) and the counters of everything dropped.
+never recompiles. Each process is unwound one of two ways, chosen when it is
+added (``choose``): by frame pointers (the kernel's stack walker) or by CFI (the
+walk of ``bpf/cfi_walk.h`` over rows that ``tables`` loads into the kernel).
+Both are counted in the kernel; :meth:`ProfilerEngine.drain` returns the raw
+per-interval counts (stack addresses, not names), the counters of everything
+lost, and counters that inform (frames by kind, events).
+
+Every engine has the surface of :class:`Engine`; the counters it can report are
+named by the programs' own header (``rover.bpf.contract``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import errno
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from rover.bpf.counts import DoubleBufferedCounts, StackTraces, forget_exited_switch_outs
+from rover.bpf.contract import header
+from rover.bpf.counts import DoubleBufferedCounts, StackMap, forget_exited_switch_outs
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
 from rover.profile import ProfileType
 
 log = logging.getLogger(__name__)
 
-# Order matches enum rover_stat in bpf/profile_common.h.
-STAT_NAMES = (
-    "events",
-    "user_stack_collisions",
-    "kernel_stack_collisions",
-    "user_stack_errors",
-    "kernel_stack_errors",
-    "counts_map_full",
-    "start_map_full",
-    "no_active_map",
-)
+_COUNTERS = header("profile_common.h").counters("rover_stat")
+STAT_NAMES: tuple[str, ...] = tuple(c.name for c in _COUNTERS)
+LOSS_COUNTERS: tuple[str, ...] = (*(c.name for c in _COUNTERS if c.loss), "stacks_unresolved")
+INFO_COUNTERS: tuple[str, ...] = tuple(c.name for c in _COUNTERS if not c.loss)
 
+FRAME_POINTER = "frame_pointer"
+CFI = "eh_frame"
+_MODE = {FRAME_POINTER: 1, CFI: 2}  # enum unwind_mode
 _PROGRAM = {ProfileType.ON_CPU: "oncpu", ProfileType.OFF_CPU: "offcpu"}
+_WALK = {ProfileType.ON_CPU: b"on_cpu_walk", ProfileType.OFF_CPU: b"off_cpu_walk"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,9 @@ class EngineConfig:
     frequency: int = 99  # on-CPU samples per second per CPU
     max_pids: int = 4096
     max_stacks: int = 16384  # distinct (tgid, user, kernel) keys per interval
-    stack_map_size: int = 16384  # distinct stacks kept in the kernel
+    stack_map_size: int = 16384  # distinct stacks kept in the kernel, of each kind
     max_threads: int = 65536  # off-CPU: threads switched out at once
+    max_files: int = 4096  # files whose unwind rows the kernel holds at once
     stack_gc_ratio: float = 0.5  # collect unreferenced stacks above this fill
 
     def defines(self) -> dict[str, int]:
@@ -50,7 +58,9 @@ class EngineConfig:
             "MAX_PIDS": self.max_pids,
             "MAX_STACKS": self.max_stacks,
             "STACK_MAP_SIZE": self.stack_map_size,
+            "USER_STACKS": self.stack_map_size,
             "MAX_THREADS": self.max_threads,
+            "MAX_FILES": self.max_files,
         }
 
 
@@ -71,48 +81,135 @@ class RawStack:
 @dataclass
 class DrainResult:
     stacks: list[RawStack] = field(default_factory=list)
-    # deltas since the previous drain, by STAT_NAMES plus "stacks_unresolved"
+    # Deltas since the previous drain of what was lost, by the engine's loss_counters.
     counters: dict[str, int] = field(default_factory=dict)
+    # Deltas of what only informs: events, frames walked by frame pointer...
+    info: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnwindChoice:
+    mode: str  # FRAME_POINTER or CFI
+    reason: str
+
+
+class WalkTables(Protocol):
+    """What the CFI walk needs from user space: each process's mappings and its files'
+    rows in the kernel (``rover.unwind.kernel_tables``)."""
+
+    counters: dict[str, int]
+    loss_counters: tuple[str, ...]
+
+    def add(self, pid: int) -> None: ...
+    def remove(self, pid: int) -> None: ...
+    def settle(self, timeout: float) -> bool: ...
+    def refresh_stale(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """The surface every profiling engine has (tasks, the CLI and metrics use only this)."""
+
+    type: ProfileType
+    config: EngineConfig
+    loss_counters: tuple[str, ...]
+    stacks_drained: int
+    last_counts_fill: float
+
+    @property
+    def pids(self) -> frozenset[int]: ...
+    @property
+    def closed(self) -> bool: ...
+    def add_pid(self, pid: int, deadline_ns: int = 0) -> None: ...
+    def set_deadline(self, pid: int, deadline_ns: int) -> None: ...
+    def settle(self, timeout: float) -> bool: ...
+    def remove_pid(self, pid: int) -> None: ...
+    def events(self) -> int: ...
+    def drain(self) -> DrainResult: ...
+    def forget_exited_threads(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class ProfilerEngine:
-    """Loads ``bpf/<type>.c``, attaches it, and drains its maps."""
+    """Loads ``bpf/<type>.c``, attaches it, and drains its maps.
+
+    ``choose`` picks each process's unwinding (default: frame pointers for all);
+    ``tables`` makes the CFI walk's tables for the loaded program (None: no process
+    is walked by CFI, and the walk program is not even loaded).
+    """
 
     def __init__(
-        self, profile_type: ProfileType, headers: KernelHeaders, config: EngineConfig | None = None
+        self,
+        profile_type: ProfileType,
+        headers: KernelHeaders,
+        config: EngineConfig | None = None,
+        choose: Callable[[int], UnwindChoice] | None = None,
+        tables: Callable[[Any], WalkTables] | None = None,
     ) -> None:
         self.type = profile_type
         self.config = config or EngineConfig()
+        self._choose = choose
         self._lock = threading.Lock()
         self._bpf = load_program(_PROGRAM[profile_type], headers, self.config.defines())
         self._stats_seen = [0] * len(STAT_NAMES)
-        self._pids: set[int] = set()
+        self._tables_seen: dict[str, int] = {}
+        self._modes: dict[int, str] = {}
+        self.choices: dict[int, UnwindChoice] = {}
+        self._tables: WalkTables | None = None
         # For metrics: keys drained so far, and how full the last drained counts map was
         # (near 1.0 means events are being dropped as counts_map_full).
         self.stacks_drained = 0
         self.last_counts_fill = 0.0
         try:
             self._counts = DoubleBufferedCounts(self._bpf)
-            self._stacks = StackTraces(
-                self._bpf[b"stacks"], self.config.stack_map_size, self.config.stack_gc_ratio
+            gc = self.config.stack_gc_ratio
+            self._stacks = StackMap(self._bpf[b"stacks"], self.config.stack_map_size, gc)
+            self._walked = StackMap(
+                self._bpf[b"user_stacks"], self.config.stack_map_size, gc, walked=True
             )
+            if tables is not None and self._load_walk():
+                self._tables = tables(self._bpf)
+            self._attach()
         except BaseException:
             self.close()
             raise
-        self._attach()
+
+    @property
+    def loss_counters(self) -> tuple[str, ...]:
+        extra = self._tables.loss_counters if self._tables is not None else ()
+        return (*LOSS_COUNTERS, *extra)
 
     # -- lifecycle -------------------------------------------------------
+    def _load_walk(self) -> bool:
+        """Load the walk program into the tail-call slot; False (logged) when the kernel's
+        verifier refuses it: every process is then unwound by frame pointers."""
+        from bcc import BPF
+
+        prog_type = BPF.PERF_EVENT if self.type is ProfileType.ON_CPU else BPF.TRACEPOINT
+        started = time.monotonic()
+        try:
+            walk = self._bpf.load_func(_WALK[self.type], prog_type)
+        except Exception as exc:  # bcc raises bare Exception with the verifier's verdict
+            log.warning(
+                "this kernel's verifier refuses the CFI stack walk (%s): every process is "
+                "unwound by frame pointers",
+                str(exc).splitlines()[0],
+            )
+            return False
+        self._bpf[b"walk_progs"][ct.c_int(0)] = ct.c_int(walk.fd)
+        log.debug("CFI walk program verified in %.2fs", time.monotonic() - started)
+        return True
+
     def _attach(self) -> None:
         if self.type is ProfileType.ON_CPU:
-            try:
-                attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
-            except BPFLoadError:
-                self.close()
-                raise
+            attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
         # off-CPU: TRACEPOINT_PROBE is attached by bcc when the program loads.
 
     def close(self) -> None:
         with self._lock:
+            if self._tables is not None:
+                self._tables.close()
+                self._tables = None
             if self._bpf is not None:
                 self._bpf.cleanup()
                 self._bpf = None
@@ -121,26 +218,92 @@ class ProfilerEngine:
     def closed(self) -> bool:
         return self._bpf is None
 
+    @property
+    def walks_cfi(self) -> bool:
+        """Whether processes can be unwound by CFI here (the walk program loaded)."""
+        return self._tables is not None
+
     # -- pid filter ------------------------------------------------------
-    def add_pid(self, pid: int) -> None:
+    def add_pid(self, pid: int, deadline_ns: int = 0) -> None:
+        """Profile ``pid`` until ``deadline_ns`` (CLOCK_MONOTONIC; 0: until removed).
+
+        Raises ProcessGone when a process to walk by CFI does not exist.
+        """
+        choice = self._choose(pid) if self._choose is not None else None
+        if choice is None or (choice.mode == CFI and self._tables is None):
+            choice = UnwindChoice(FRAME_POINTER, choice.reason if choice else "frame pointers")
+        self._check_open()
+        tables = self._tables
+        if tables is not None:  # outside the lock: loading tables may take a second
+            if choice.mode == CFI:
+                try:
+                    tables.add(pid)
+                except OSError as exc:  # ProcessGone is not one: it propagates
+                    reason = f"its mappings are unreadable ({exc.strerror or exc})"
+                    choice = UnwindChoice(FRAME_POINTER, reason)
+            if choice.mode != CFI and self._modes.get(pid) == CFI:
+                tables.remove(pid)
         with self._lock:
-            self._bpf[b"pids"][ct.c_uint32(pid)] = ct.c_uint8(1)
-            self._pids.add(pid)
+            self._check_open()
+            setting = self._bpf[b"pids"].Leaf()
+            setting.mode, setting.deadline_ns = _MODE[choice.mode], deadline_ns
+            self._bpf[b"pids"][ct.c_uint32(pid)] = setting
+            self._modes[pid] = choice.mode
+            self.choices[pid] = choice
+        if self._choose is not None:
+            log.info("process %d: %s unwinding (%s)", pid, choice.mode, choice.reason)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the unwind tables of every process added are loaded, then drop what
+        was counted meanwhile (stacks ending in ``[unwind tables loading]``), so the next
+        drain holds only what came after; False (nothing dropped) when ``timeout`` passed
+        first."""
+        tables = self._tables
+        if tables is None or not self._modes:
+            return True
+        if not tables.settle(timeout):
+            return False
+        with self._lock:
+            if self._bpf is not None:
+                self._counts.take()
+                self._stat_deltas()
+                self._table_deltas()
+        return True
+
+    def set_deadline(self, pid: int, deadline_ns: int) -> None:
+        """Count nothing of ``pid`` after ``deadline_ns`` (CLOCK_MONOTONIC; 0: no end)."""
+        with self._lock:
+            self._check_open()
+            if pid not in self._modes:
+                return
+            setting = self._bpf[b"pids"].Leaf()
+            setting.mode, setting.deadline_ns = _MODE[self._modes[pid]], deadline_ns
+            self._bpf[b"pids"][ct.c_uint32(pid)] = setting
 
     def remove_pid(self, pid: int) -> None:
         with self._lock:
-            self._pids.discard(pid)
+            mode = self._modes.pop(pid, None)
+            if self._bpf is None:
+                return
             with contextlib.suppress(KeyError):
                 del self._bpf[b"pids"][ct.c_uint32(pid)]
+            if mode == CFI and self._tables is not None:
+                self._tables.remove(pid)
 
     @property
     def pids(self) -> frozenset[int]:
-        return frozenset(self._pids)
+        return frozenset(self._modes)
+
+    def _check_open(self) -> None:
+        if self._bpf is None:
+            raise BPFLoadError(f"the {self.type.value} engine is closed")
 
     # -- reading ---------------------------------------------------------
     def events(self) -> int:
-        """Events counted so far (cheap; for progress display)."""
+        """Events counted so far (cheap; for progress display); 0 once closed."""
         with self._lock:
+            if self._bpf is None:
+                return 0
             return self._read_stats()[0]
 
     def drain(self) -> DrainResult:
@@ -151,18 +314,30 @@ class ProfilerEngine:
             items = self._counts.take()
             self.stacks_drained += len(items)
             self.last_counts_fill = len(items) / self.config.max_stacks
-            result = DrainResult(counters=self._stat_deltas())
+            deltas = self._stat_deltas()
+            result = DrainResult(
+                counters={n: deltas[n] for n in LOSS_COUNTERS if n in deltas},
+                info={n: deltas[n] for n in INFO_COUNTERS},
+            )
             resolved: dict[int, tuple[int, ...] | None] = {}
+            walked: dict[int, tuple[int, ...] | None] = {}
             unresolved = 0
             for key, value in items:
-                user = self._stacks.resolve(key.user_stack_id, resolved)
+                if key.user_hash:
+                    user = self._walked.resolve(key.user_hash, walked)
+                else:
+                    user = self._stacks.resolve(key.user_stack_id, resolved)
                 kernel = self._stacks.resolve(key.kernel_stack_id, resolved)
                 if user is None or kernel is None:
                     unresolved += 1
                 values = _values(self.type, value)
                 result.stacks.append(RawStack(key.tgid, user or (), kernel or (), values))
             result.counters["stacks_unresolved"] = unresolved
+            if self._tables is not None:
+                self._tables.refresh_stale()
+                result.counters.update(self._table_deltas())
             self._stacks.collect_if_full(self._referenced_stacks)
+            self._walked.collect_if_full(self._referenced_walks)
             return result
 
     def _read_stats(self) -> list[int]:
@@ -175,14 +350,32 @@ class ProfilerEngine:
         self._stats_seen = now
         return deltas
 
+    def _table_deltas(self) -> dict[str, int]:
+        deltas: dict[str, int] = {}
+        tables = self._tables
+        if tables is None:
+            return deltas
+        for name in tables.loss_counters:
+            now = tables.counters.get(name, 0)
+            deltas[name] = now - self._tables_seen.get(name, 0)
+            self._tables_seen[name] = now
+        return deltas
+
+    def _start_records(self) -> list:
+        return list(self._bpf[b"start"].values()) if self.type is ProfileType.OFF_CPU else []
+
     def _referenced_stacks(self) -> set[int]:
         """Stack ids in the active counts map and (off-CPU) of threads switched out now."""
         referenced: set[int] = set()
         for key in self._counts.active_keys():
             referenced.update((key.user_stack_id, key.kernel_stack_id))
-        if self.type is ProfileType.OFF_CPU:
-            for rec in self._bpf[b"start"].values():
-                referenced.update((rec.user_stack_id, rec.kernel_stack_id))
+        for rec in self._start_records():
+            referenced.update((rec.user_stack_id, rec.kernel_stack_id))
+        return referenced
+
+    def _referenced_walks(self) -> set[int]:
+        referenced = {key.user_hash for key in self._counts.active_keys()}
+        referenced.update(rec.user_hash for rec in self._start_records())
         return referenced
 
     def forget_exited_threads(self) -> int:
@@ -190,6 +383,8 @@ class ProfilerEngine:
         if self.type is not ProfileType.OFF_CPU:
             return 0
         with self._lock:
+            if self._bpf is None:
+                return 0
             return forget_exited_switch_outs(self._bpf[b"start"])
 
 
@@ -199,4 +394,12 @@ def _values(profile_type: ProfileType, value) -> tuple[int, ...]:
     return (value.switches, value.ns)
 
 
-__all__ = ["BPFLoadError", "DrainResult", "EngineConfig", "ProfilerEngine", "RawStack", "errno"]
+__all__ = [
+    "BPFLoadError",
+    "DrainResult",
+    "Engine",
+    "EngineConfig",
+    "ProfilerEngine",
+    "RawStack",
+    "UnwindChoice",
+]

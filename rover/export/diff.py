@@ -44,6 +44,7 @@ from rover.export.summary import (
 from rover.export.tree import (
     DEFAULT_MIN_FRACTION,
     ROOT,
+    NodeLabel,
     PathFolder,
     collector_paused,
     frame_category,
@@ -160,8 +161,8 @@ def diff_tree(
     return tree
 
 
-def _diff_node(label: object, values: list[int], children: list) -> DiffNode:
-    name, category, module = label  # type: ignore[misc]
+def _diff_node(label: NodeLabel, values: list[int], children: list) -> DiffNode:
+    name, category, module = label
     return DiffNode(name, category, module, values[0], values[1], children)
 
 

@@ -234,6 +234,7 @@ def folded_table(
     """
     value: FoldedValue | None = None
     table: StackTable | None = None
+    scale = 1  # the value's, once the first stack fixed it
     for lineno, raw in enumerate(lines, 1):
         parsed = _split(raw, lineno, source)
         if parsed is None:
@@ -251,10 +252,11 @@ def folded_table(
         if table is None:
             value = value or FoldedValue.default(profile_type or ProfileType.ON_CPU)
             table, processes, frames = _new_table(value)
+            scale = value.scale
         fields = stack.split(";")
         ids = [processes[fields[0]], *map(frames.__getitem__, fields[1:])]
         try:
-            table.add(ids, (count * value.scale,))
+            table.add(ids, (count * scale,))
         except ValueOutOfRange as exc:
             raise CorruptProfile(f"{source}:{lineno}: {exc}") from None
     if table is None:  # no stacks: an empty profile of the said or given type

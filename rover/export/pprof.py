@@ -241,7 +241,8 @@ def pprof_table(data: bytes, source: str = "<pprof>") -> StackTable:
     message: bytes | bytearray = _gunzip(data, source) if data[:2] == _GZIP_MAGIC else data
     header = pb.Profile()
     try:
-        samples = split_repeated(message, _SAMPLE_FIELD, header.MergeFromString)
+        # protobuf parses any buffer without a copy; its stubs ask for bytes
+        samples = split_repeated(message, _SAMPLE_FIELD, header.MergeFromString)  # type: ignore[arg-type]
     except (WireError, DecodeError) as exc:
         raise CorruptProfile(f"{source}: not a pprof profile: {exc}") from None
     return _Decoder(header, source).table(samples)
@@ -332,7 +333,7 @@ class _Decoder:
         main_binary = self._main_binary()
         for number, encoded in enumerate(samples):
             try:
-                sample = pb.Sample.FromString(encoded)
+                sample = pb.Sample.FromString(encoded)  # type: ignore[arg-type]  # as above
             except DecodeError as exc:
                 raise self.corrupt(f"sample {number}: {exc}") from None
             values = list(sample.value)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ INT64_MAX = 2**63 - 1
 _ID = "I"  # array typecode of an id: 32 bits unsigned
 _BIG_ENDIAN_IDS = np.dtype(">u4")
 _CHUNK = 1 << 16  # stacks re-keyed at a time: bounds the temporary numpy arrays
+Item = TypeVar("Item")
 
 
 class ValueOutOfRange(ValueError):
@@ -113,11 +115,11 @@ class StackTable:
         if index is None:
             self._stack_index[key] = len(self.stacks)
             self.stacks.append(key)
-            for column, value in zip(self.values, values, strict=True):
-                column.append(value)
+            for series, value in zip(self.values, values, strict=True):
+                series.append(value)
         else:
-            for column, value in zip(self.values, values, strict=True):
-                column[index] += value
+            for series, value in zip(self.values, values, strict=True):
+                series[index] += value
 
     def finish(self) -> StackTable:
         """Drop the lookup used to merge stacks (as big as the stacks); no adds after."""
@@ -224,7 +226,7 @@ def _copy_header(header: Profile) -> Profile:
     )
 
 
-def dense_ranks(items: Sequence[object], sort_key: Callable[[object], object]) -> list[int]:
+def dense_ranks(items: Sequence[Item], sort_key: Callable[[Item], Any]) -> list[int]:
     """Each item's rank by ``sort_key``; items with equal keys share a rank."""
     keyed = sorted((sort_key(item), i) for i, item in enumerate(items))
     ranks = [0] * len(items)

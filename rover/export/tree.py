@@ -38,7 +38,10 @@ def frame_category(frame: Frame) -> str:
     return KERNEL if frame.is_kernel else USER
 
 
-def node_label(frame: Frame) -> tuple[str, str, str]:
+NodeLabel = tuple[str, str, str]  # name, category, module
+
+
+def node_label(frame: Frame) -> NodeLabel:
     """What a flame graph node shows and is sorted by: name, category, module."""
     return (frame.name or UNKNOWN, frame_category(frame), frame.module)
 
@@ -87,9 +90,9 @@ class PathFolder:
     def __init__(
         self,
         columns: int,
-        label: Callable[[object, Sequence[int], int], object],
+        label: Callable[[object, Sequence[int], int], NodeLabel],
         keep: Callable[[list[int]], bool],
-        make: Callable[[object, list[int], list], object],
+        make: Callable[[NodeLabel, list[int], list], object],
     ) -> None:
         self.label = label
         self.keep = keep
@@ -100,7 +103,7 @@ class PathFolder:
         self._values: list[list[int]] = [[0] * columns]
         self._children: list[list] = [[]]
         self._dropped: list[int] = [0]
-        self._labels: list[object] = [None]
+        self._labels: list[NodeLabel] = [("", "", "")]  # the root's is never used
 
     def add(self, key: bytes, source: object, ids: Sequence[int], column: int, value: int) -> None:
         """Add ``value`` to ``column`` of stack ``ids`` of ``source``; its sort key is ``key``.
@@ -172,7 +175,7 @@ def build_tree(
     return FlameTree(root, stacks, hidden, min_fraction)
 
 
-def table_label(table: object, ids: Sequence[int], level: int) -> tuple[str, str, str]:
+def table_label(table: object, ids: Sequence[int], level: int) -> NodeLabel:
     """A node's label from a table's stack: the process at level 0, then frames."""
     assert isinstance(table, StackTable)
     if level == 0:
@@ -197,6 +200,6 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _flame_node(label: object, values: list[int], children: list) -> FlameNode:
-    name, category, module = label  # type: ignore[misc]
+def _flame_node(label: NodeLabel, values: list[int], children: list) -> FlameNode:
+    name, category, module = label
     return FlameNode(name, category, module, values[0], children)

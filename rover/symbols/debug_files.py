@@ -204,7 +204,7 @@ class DebugFiles:
         return crc
 
     def _reject(self, place: _Place, reason: str, crc: bool = False) -> None:
-        counters = (self._error_counter,)
+        counters: tuple[str, ...] = (self._error_counter,)
         if crc and self._crc_counter:
             counters += (self._crc_counter,)
         self._reporter.problem(

@@ -59,6 +59,7 @@ class ElfImage:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self.section_names_error = ""  # why the section names could not be read, if so
         try:
             self.file_size = stream.seek(0, os.SEEK_END)
             elf = ELFFile(stream)
@@ -141,13 +142,15 @@ class ElfImage:
         return [_section_header(i, h, names) for i, h in enumerate(raw)]
 
     def _section_names(self, elf: ELFFile, raw: list[Any]) -> bytes:
-        # A damaged name table only costs the names (which the optional sources use).
+        # A damaged name table only costs the names (which the optional sources use); the
+        # loader reports it (``section_names_error``) with the file's other problems.
         try:
             index = elf.get_shstrndx()
             if not 0 < index < len(raw) or raw[index]["sh_size"] > _MAX_SECTION_NAMES_BYTES:
                 return b""
             return self.read(raw[index]["sh_offset"], raw[index]["sh_size"])
-        except Exception:  # ElfLoadError, or whatever pyelftools raises on a bad header
+        except Exception as exc:  # ElfLoadError, or whatever pyelftools raises on a bad header
+            self.section_names_error = f"{type(exc).__name__}: {exc}"
             return b""
 
 

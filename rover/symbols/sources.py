@@ -54,6 +54,14 @@ def file_table(
     """
     tables: list[ElfSymbolTable] = []
     sources: list[str] = []
+    if image.section_names_error and reporter is not None:
+        reporter.problem(
+            ("section names", subject),
+            ("section_name_errors",),
+            "%s: unreadable section names (%s); sections found by name are skipped",
+            subject,
+            image.section_names_error,
+        )
     if debug is not None and len(debug):
         tables.append(debug)
         sources.append(DEBUG_FILE)

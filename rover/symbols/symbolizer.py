@@ -39,6 +39,7 @@ COUNTER_NAMES = (
     "maps_read_errors",  # /proc/PID/maps reads that failed for a living process
     "maps_rereads",  # maps re-read because an address was in no known mapping
     "elf_files_loaded",  # ELF files parsed (not served from the cache)
+    "section_name_errors",  # ...whose section name table was unreadable (names lost)
     "kallsyms_errors",  # /proc/kallsyms could not be read
     "kallsyms_restricted",  # 1 when kptr_restrict hides kernel addresses
     "debug_files_used",  # files whose symbols came (also) from a separate debug file

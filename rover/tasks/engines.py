@@ -25,7 +25,7 @@ from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
-from rover.unwind.engine import UnwindSettings
+from rover.unwind.kernel_tables import DEFAULT_TABLE_BYTES
 from rover.unwind.modes import UNWIND_MODES, make_engine
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class EngineSet:
         find_headers: Callable[[], KernelHeaders],
         config: EngineConfig,
         unwind: str = "frame_pointer",
-        unwind_settings: UnwindSettings | None = None,
+        table_bytes: int = DEFAULT_TABLE_BYTES,
         hostfs: HostFS | None = None,
     ) -> None:
         if unwind not in UNWIND_MODES:
@@ -48,7 +48,7 @@ class EngineSet:
         self._headers: KernelHeaders | None = None
         self.config = config
         self.unwind = unwind
-        self._unwind_settings = unwind_settings
+        self._table_bytes = table_bytes
         self._hostfs = hostfs
         self._engines: dict[ProfileType, ProfilerEngine] = {}
         self._refs: dict[ProfileType, Counter[int]] = {}
@@ -69,8 +69,8 @@ class EngineSet:
                     self._headers,
                     self.config,
                     self.unwind,
-                    self._unwind_settings,
                     self._hostfs,
+                    self._table_bytes,
                 )
                 log.info(
                     "%s engine (%s unwinding) loaded with %s",
@@ -84,7 +84,7 @@ class EngineSet:
 
     def acquire(self, profile_type: ProfileType, pid: int) -> None:
         engine = self.engine(profile_type)
-        with self._loading():  # add_pid may compile too (auto unwinding)
+        with self._loading():
             refs = self._refs[profile_type]
             if refs[pid] == 0:
                 engine.add_pid(pid)

@@ -18,16 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rover.bpf.engine import RawStack
 from rover.bpf.headers import KernelHeadersNotFound
 from rover.bpf.loader import BPFLoadError
 from rover.hostfs import HostFS, ProcessGone
 from rover.process.model import DiscoveredProcess
 from rover.profile import ProcessInfo, Profile, ProfileType
 from rover.symbols import Symbolizer
+from rover.tasks.drained import profile_from_drain, reported_counters
 from rover.tasks.engines import EngineSet
 from rover.tasks.model import ProfilingTask
-from rover.tasks.stacks import add_raw_stacks
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ _PROFILE_TYPE = {"ON_CPU": ProfileType.ON_CPU, "OFF_CPU": ProfileType.OFF_CPU}
 class Uploader(Protocol):
     def add(
         self, task_id: str, process_id: str, profiling_start_ms: int, profile: Profile
-    ) -> None: ...
+    ) -> object: ...
 
     def flush(self) -> bool: ...
 
@@ -95,7 +94,10 @@ class TaskManager:
             process = self.resolve(process_id)
             if process is None:
                 log.warning(
-                    "task %s: process id %s is not known here; skipped", task.task_id, process_id
+                    "task %s: process id %s is not known here (yet); asked for again at the "
+                    "next poll",
+                    task.task_id,
+                    process_id,
                 )
                 self.counters["tasks_unresolved"] += 1
                 return False
@@ -238,29 +240,27 @@ class TaskManager:
             by_type[run.profile_type].append(run)
         for profile_type, engine in self.engines.loaded().items():
             drained = engine.drain()
-            for name, n in drained.counters.items():
-                if n and name != "events":
-                    self.counters[name] += n
-                    log.warning("%s: %d %s in the last interval", profile_type.value, n, name)
-            stacks: dict[int, list[RawStack]] = defaultdict(list)
-            for stack in drained.stacks:
-                stacks[stack.tgid].append(stack)
-            for run in by_type.get(profile_type, []):
-                self._upload_run(run, stacks, engine.config.frequency)
+            for name, n in reported_counters(drained.counters).items():
+                log.warning("%s: %d %s in the last interval", profile_type.value, n, name)
+            of_type = by_type.get(profile_type, [])
+            processes = {pid: run.names[pid] for run in of_type for pid in run.pids.values()}
+            profile = profile_from_drain(
+                drained, profile_type, engine.config.frequency, self.symbolizer, processes
+            )
+            for name, n in profile.counters.items():
+                self.counters[name] += n
+            by_process = profile.split_by_process()
+            for run in of_type:
+                self._upload_run(run, by_process)
             if profile_type is ProfileType.OFF_CPU:
                 engine.forget_exited_threads()
         for run in runs:
             self._after_flush(run)
 
-    def _upload_run(self, run: TaskRun, stacks: dict[int, list[RawStack]], frequency: int) -> None:
-        period = 1_000_000_000 // max(1, frequency) if run.profile_type is ProfileType.ON_CPU else 0
+    def _upload_run(self, run: TaskRun, by_process: dict[int, Profile]) -> None:
         for process_id, pid in run.pids.items():
-            profile = Profile.new(
-                run.profile_type, period_ns=period, processes={pid: run.names[pid]}
-            )
-            add_raw_stacks(profile, stacks.get(pid, ()), self.symbolizer, {pid})
-            self.counters["unsymbolized_frames"] += profile.counters.get("unsymbolized_frames", 0)
-            if profile.samples:
+            profile = by_process.get(pid)
+            if profile is not None:
                 self.uploader.add(run.task.task_id, process_id, run.started_ms, profile)
 
     def _after_flush(self, run: TaskRun) -> None:

@@ -13,8 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class Command(Protocol):
-    name: str
-    args: Mapping[str, str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def args(self) -> Mapping[str, str]: ...
 
 
 class TaskSource(Protocol):
@@ -26,8 +29,12 @@ class TaskPoller:
 
     The time advances to the newest update time among commands that parsed
     and whose processes are all known here; a malformed command or one naming
-    unknown processes does not advance it, so it is asked for again. Whatever
-    goes wrong parsing one command skips that command only, never the reply.
+    unknown processes does not advance it, so it is asked for again. Unlike
+    Rover, a task naming a process not registered yet (its report's reply still
+    on the way) also holds the time below its own update time, so a newer task in
+    the same reply cannot make the backend stop sending it; it starts once the
+    process is known. Whatever goes wrong parsing one command skips that command
+    only, never the reply.
     """
 
     def __init__(self, source: TaskSource, agent_id: str, manager: TaskManager) -> None:
@@ -41,6 +48,8 @@ class TaskPoller:
     def poll(self) -> None:
         """One query; failures of the backend propagate to the caller's loop."""
         commands = self.source.query_tasks(self.agent_id, self.latest_update_time)
+        newest = self.latest_update_time
+        waiting: list[int] = []  # update times of tasks whose processes are not known yet
         for command in commands:
             if command.name != TASK_COMMAND:
                 self.ignored += 1
@@ -59,4 +68,9 @@ class TaskPoller:
                 )
                 continue
             if self.manager.apply(task):
-                self.latest_update_time = max(self.latest_update_time, task.update_time_ms)
+                newest = max(newest, task.update_time_ms)
+            elif self.manager.clock() * 1000 <= task.end_time_ms:
+                waiting.append(task.update_time_ms)
+        if waiting:
+            newest = min(newest, min(waiting) - 1)  # the backend sends tasks updated after it
+        self.latest_update_time = max(self.latest_update_time, newest)

@@ -9,9 +9,11 @@ from rover.bpf.engine import ProfilerEngine
 from rover.hostfs import HostFS, ProcessGone
 from rover.profile import ProcessInfo, Profile
 from rover.symbols import Symbolizer
-from rover.tasks.stacks import add_raw_stacks
+from rover.tasks.drained import profile_from_drain
 
 log = logging.getLogger(__name__)
+
+TABLES_BUDGET_S = 10.0  # a run waits this long for its targets' unwind tables, at most
 
 
 class ProfilingRunner:
@@ -36,10 +38,6 @@ class ProfilingRunner:
         self._started_ns = 0
         self._last_flush_ns = 0
 
-    @property
-    def period_ns(self) -> int:
-        return 1_000_000_000 // max(1, self.engine.config.frequency)
-
     def start(self) -> None:
         """Read every process's mappings, then add them to the filter.
 
@@ -52,7 +50,19 @@ class ProfilingRunner:
             )
         for pid in self.pids:
             self.engine.add_pid(pid)
+        if not self.engine.settle(TABLES_BUDGET_S):
+            log.warning(
+                "unwind tables still loading after %.0fs: the first stacks may end in "
+                "[unwind tables loading]",
+                TABLES_BUDGET_S,
+            )
         self._started_ns = self._last_flush_ns = time.time_ns()
+
+    def count_until(self, deadline_ns: int) -> None:
+        """Have the kernel count nothing after ``deadline_ns`` (CLOCK_MONOTONIC), so the
+        profile's window is exact even when the last drain comes late."""
+        for pid in self.pids:
+            self.engine.set_deadline(pid, deadline_ns)
 
     def alive(self) -> list[int]:
         return [pid for pid in self.pids if self.hostfs.is_running(pid)]
@@ -68,17 +78,15 @@ class ProfilingRunner:
     def flush(self) -> Profile:
         now = time.time_ns()
         drained = self.engine.drain()
-        profile = Profile.new(
+        profile = profile_from_drain(
+            drained,
             self.engine.type,
+            self.engine.config.frequency,
+            self.symbolizer,
+            self.processes,
             start_time_ns=self._last_flush_ns,
             duration_ns=now - self._last_flush_ns,
-            period_ns=self.period_ns if self.engine.type.value == "on-cpu" else 0,
-            processes=dict(self.processes),
         )
-        for name, n in drained.counters.items():
-            if n and name != "events":
-                profile.count(name, n)
-        add_raw_stacks(profile, drained.stacks, self.symbolizer, self.pids)
         self.engine.forget_exited_threads()
         self._last_flush_ns = now
         return profile

@@ -100,17 +100,12 @@ _BINARY_OPS |= frozenset(range(0x29, 0x2F))
 
 
 class Registers:
-    """A frame's other general registers (DWARF numbers 0-5, 8-15), noting their use.
+    """A frame's other general registers (DWARF numbers 0-5, 8-15)."""
 
-    An unwind that used one depends on more than RSP, RBP and the stack words it
-    read, so it must not be memoized (``rover.unwind.memo``).
-    """
-
-    __slots__ = ("_value_of", "used")
+    __slots__ = ("_value_of",)
 
     def __init__(self, value_of: Callable[[int], int | None]) -> None:
         self._value_of = value_of  # e.g. a read of the signal context: only when needed
-        self.used = False
 
     @classmethod
     def of(cls, values: Sequence[int]) -> Registers:
@@ -120,10 +115,7 @@ class Registers:
     def get(self, reg: int) -> int | None:
         if reg > 15 or reg in (6, 7):  # not a general register, or RSP/RBP (known anyway)
             return None
-        value = self._value_of(reg)
-        if value is not None:
-            self.used = True
-        return value
+        return self._value_of(reg)
 
 
 def evaluate(

@@ -22,15 +22,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from rover.bpf.engine import CFI as EH_FRAME
+from rover.bpf.engine import FRAME_POINTER, UnwindChoice
 from rover.hostfs import HostFS
 from rover.symbols.elf_file import ElfImage
 from rover.symbols.mapped_files import open_mapped_file
-from rover.symbols.maps import MappingKind, parse_maps
+from rover.symbols.maps import Mapping, MappingKind, parse_maps
 
 log = logging.getLogger(__name__)
 
-FRAME_POINTER = "frame_pointer"
-EH_FRAME = "eh_frame"
 _GO_SECTIONS = (".go.buildinfo", ".gopclntab", ".note.go.buildid")
 _SAMPLE = 256
 _THRESHOLD = 0.5
@@ -44,12 +44,6 @@ class FilePointers:
     """What one file says: True/False keeps frame pointers, None unknown."""
 
     keeps: bool | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class UnwindChoice:
-    mode: str  # FRAME_POINTER or EH_FRAME
     reason: str
 
 
@@ -139,7 +133,7 @@ def _biggest_library(hostfs: HostFS, pid: int) -> tuple[str, FilePointers] | Non
     except Exception:  # noqa: BLE001 - a vanished process: the executable decides
         return None
     sizes: dict[str, int] = defaultdict(int)
-    first = {}
+    first: dict[str, Mapping] = {}
     for m in mappings:
         if m.kind is MappingKind.FILE:
             sizes[m.path] += m.end - m.start

@@ -55,6 +55,7 @@ class UnwindModule:
     table: CfiTable | None = None
     bias: int = 0
     loaded: bool = False
+    file_key: str = ""  # the file's build id (else device, inode and path): one table per file
 
     def rule(self, address: int) -> Rule:
         if self.table is None:
@@ -111,20 +112,20 @@ class ProcessSpaces:
         loaded within the budget load when first needed. Raises
         :class:`ProcessGone` when the process does not exist.
         """
-        space = self._read(pid)
+        space = self.read(pid)
         deadline = time.monotonic() + preload_s
         for module in space.modules:
             if time.monotonic() >= deadline:
                 break
             if not module.loaded:
-                self._load(pid, module)
+                self.load(pid, module)
 
     def space(self, pid: int) -> ProcessSpace | None:
         """The mappings of ``pid`` (read on first use), or None when they were never readable."""
         space = self._spaces.get(pid)
         if space is None:
             try:
-                space = self._read(pid)
+                space = self.read(pid)
             except (ProcessGone, OSError):
                 return None
         return space
@@ -134,13 +135,13 @@ class ProcessSpaces:
         module = space.module_at(address)
         if module is None and space.alive and time.monotonic() - space.last_read > _REREAD_INTERVAL:
             try:
-                space = self._read(pid)
+                space = self.read(pid)
             except (ProcessGone, OSError):
                 space.alive = False
                 return None
             module = space.module_at(address)
         if module is not None and not module.loaded:
-            self._load(pid, module)
+            self.load(pid, module)
         return module
 
     def forget(self, pid: int) -> None:
@@ -149,7 +150,8 @@ class ProcessSpaces:
     def pids(self) -> list[int]:
         return list(self._spaces)
 
-    def _read(self, pid: int) -> ProcessSpace:
+    def read(self, pid: int) -> ProcessSpace:
+        """``pid``'s maps read now (modules already known are kept); raises ProcessGone."""
         old = self._spaces.get(pid)
         text = self.hostfs.read_text(pid, "maps")  # ProcessGone propagates
         if old is not None and old.maps_text == text:
@@ -160,7 +162,8 @@ class ProcessSpaces:
         space = self._spaces[pid] = ProcessSpace(text, modules, last_read=time.monotonic())
         return space
 
-    def _load(self, pid: int, module: UnwindModule) -> None:
+    def load(self, pid: int, module: UnwindModule) -> None:
+        """Load ``module``'s table and bias (once; a failure is reported and leaves no table)."""
         module.loaded = True
         mapping = module.mapping
         try:
@@ -178,6 +181,7 @@ class ProcessSpaces:
         size = mapping.end - mapping.start
         module.bias = info.image.load_bias(mapping.start, mapping.offset, size)
         module.table = info.table
+        module.file_key = info.image.build_id or f"{mapping.dev}:{mapping.inode}:{mapping.path}"
 
     def _info(self, pid: int, mapping: Mapping) -> FileUnwindInfo | None:
         if mapping.kind is MappingKind.VDSO:

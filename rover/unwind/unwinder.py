@@ -83,16 +83,6 @@ class UnwindResult:
     status: str
     fp_frames: int = 0  # frames stepped by frame pointer (no CFI)
     signal_frames: int = 0
-    # With ``record_reads``: every stack word the walk read, as (address, value). The
-    # result is a function of the registers, these words and the mappings alone, so a
-    # later stop with equal registers and equal words unwinds to the same frames.
-    reads: tuple[tuple[int, int], ...] = ()
-    # Whether the frames depend on the RBP register given (they do not in code without
-    # frame pointers, where RBP is just another register); True when unsure.
-    bp_used: bool = True
-    # Whether they depend on another register of the sample (a leaf whose CFA is, say,
-    # RAX + 8); a signal context's registers are stack words, in ``reads``.
-    other_registers_used: bool = False
 
 
 class Unwinder:
@@ -110,7 +100,6 @@ class Unwinder:
         bp: int,
         stack: bytes,
         stack_copied: bool = True,
-        record_reads: bool = False,
         registers: Sequence[int] = (),
     ) -> UnwindResult:
         """Unwind from ``ip``/``sp``/``bp`` and the stack copied from ``sp`` up.
@@ -126,7 +115,7 @@ class Unwinder:
         if space is None:
             return UnwindResult((ip,), Status.NO_MAPS)
         leaf = Registers.of(registers) if registers else None
-        return self._walk(pid, space, ip, sp, bp, stack, record_reads, leaf)
+        return self._walk(pid, space, ip, sp, bp, stack, leaf)
 
     def _walk(
         self,
@@ -136,28 +125,19 @@ class Unwinder:
         sp: int,
         bp: int | None,
         stack: bytes,
-        record_reads: bool,
         others: Registers | None,
     ) -> UnwindResult:
         base, top = sp, sp + len(stack)
-        leaf = others  # the sample's own registers (a signal context's are stack words)
         unpack = _U64.unpack_from
         out = [ip]
         pc, exact = ip, True
         fp_frames = signal_frames = 0
-        # Is ``bp`` still the register given (only passed along by "same value" rules)?
-        bp_given, bp_used = True, False
         module_at = self.spaces.module_at
-        reads: list[tuple[int, int]] = []
 
         def read(address: int) -> int | None:
-            # Every stack access goes through here (see UnwindResult.reads).
             if address < base or address + 8 > top:
                 return None
-            value = unpack(stack, address - base)[0]
-            if record_reads:
-                reads.append((address, value))
-            return value
+            return unpack(stack, address - base)[0]
 
         def past_window(address: int) -> bool:
             return address + 8 > top
@@ -192,14 +172,12 @@ class Unwinder:
                     break
                 others = Registers(functools.partial(_from_ucontext, read, sp))
                 pc, exact, sp, bp = rip, True, rsp, rbp
-                bp_given = False
                 continue
             ra = None  # known here when an expression gave the value itself
             if kind in _OFFSET_KINDS and ra_offset < SAME_VALUE and rbp_offset <= UNKNOWN:
                 if kind == CFA_RSP:
                     cfa = sp + cfa_offset
                 elif kind == CFA_RBP:
-                    bp_used = bp_used or bp_given
                     if bp is None:
                         status = Status.BAD_FRAME
                         break
@@ -218,7 +196,6 @@ class Unwinder:
                         break
                 new_sp = cfa
             else:
-                bp_used = bp_used or bp_given  # by an expression or frame pointers
                 step = None
                 if kind in _RULE_KINDS:  # a rule with an expression
                     rules = (kind, cfa_offset, ra_offset, rbp_offset)
@@ -228,7 +205,7 @@ class Unwinder:
                     if isinstance(step, str):
                         status = step
                         break
-                if step is not None:
+                if isinstance(step, tuple):
                     ra, new_sp, caller_bp = step
                 else:  # no CFI here, or a rule we cannot compute: frame pointers
                     if bp is None or bp < sp:
@@ -253,17 +230,13 @@ class Unwinder:
                 status = Status.BAD_FRAME
                 break
             out.append(ra)
-            bp_given = bp_given and caller_bp is bp
             pc, exact, sp, bp = ra, False, new_sp, caller_bp
             others = None  # a caller's other registers are not known
         if status == Status.TRUNCATED:
             out.append(TRUNCATED)
         elif status == Status.SIGALTSTACK:
             out.append(SIGALTSTACK)
-        return UnwindResult(
-            tuple(out), status, fp_frames, signal_frames, tuple(reads), bp_used,
-            leaf is not None and leaf.used,
-        )  # fmt: skip
+        return UnwindResult(tuple(out), status, fp_frames, signal_frames)
 
 
 def _from_ucontext(read: Read, sp: int, reg: int) -> int | None:

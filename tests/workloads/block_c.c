@@ -1,10 +1,24 @@
 /* Off-CPU workload: main -> block_loop -> block_sleep -> nanosleep.
  * Usage: block_c [iterations=300] [milliseconds=10]
  * Prints "ready", waits for one line on stdin (the "go" signal), sleeps
- * iterations x milliseconds, then prints "done <iterations>" and exits 0. */
+ * iterations x milliseconds, then prints "done <iterations>", then "queued <ns>": how long
+ * it waited on a run queue meanwhile (woken, not yet running: off-CPU time too, which a
+ * loaded machine adds to the sleeps), and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+
+/* Nanoseconds this thread has waited on a run queue (/proc/self/schedstat, field 2). */
+static unsigned long long run_queue_wait(void) {
+    unsigned long long running = 0, waiting = 0;
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    if (f) {
+        if (fscanf(f, "%llu %llu", &running, &waiting) != 2)
+            waiting = 0;
+        fclose(f);
+    }
+    return waiting;
+}
 
 volatile int block_sleep_failures;
 
@@ -28,8 +42,10 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (!fgets(line, sizeof line, stdin))
         return 1;
+    unsigned long long queued = run_queue_wait();
     block_loop(iterations, milliseconds);
-    printf("done %ld\n", iterations);
+    queued = run_queue_wait() - queued;
+    printf("done %ld\nqueued %llu\n", iterations, queued);
     fflush(stdout);
     return 0;
 }

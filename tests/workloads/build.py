@@ -10,6 +10,7 @@ Run as a script to build everything: `python tests/workloads/build.py [name ...]
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -71,6 +72,7 @@ WORKLOADS: dict[str, Workload] = {
     "block_c": Workload("block_c.c", "gcc", (*FRAME_POINTER_FLAGS, "-fno-optimize-sibling-calls")),
     # .eh_frame unwinding (tests/test_unwind_*.py): no frame pointers anywhere.
     "chain_c": Workload("chain_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
+    "pingpong_c": Workload("pingpong_c.c", "gcc", ("-O2", "-fomit-frame-pointer", "-pthread")),
     "unwind_snapshot": Workload("unwind_snapshot.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "repeat_c": Workload("repeat_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "regcfa_c": Workload("regcfa_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
@@ -128,11 +130,18 @@ def _compile_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _is_fresh(binary: Path, workload: Workload) -> bool:
-    if not binary.exists():
-        return False
-    inputs = (SOURCE_DIR / workload.source, Path(__file__).resolve(), *SOURCE_DIR.glob("*.h"))
-    return binary.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
+def _inputs_digest(workload: Workload) -> str:
+    """What a binary is built from, by content: checkouts sharing the cache directory (a
+    CI clone, another branch) then never take each other's binaries, whatever the mtimes."""
+    digest = hashlib.sha256(repr(workload).encode())
+    for path in (SOURCE_DIR / workload.source, *sorted(SOURCE_DIR.glob("*.h"))):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _is_fresh(binary: Path, digest: str) -> bool:
+    stamp = binary.with_name(binary.name + ".inputs")
+    return binary.exists() and stamp.exists() and stamp.read_text() == digest
 
 
 def build(name: str) -> Path:
@@ -142,7 +151,8 @@ def build(name: str) -> Path:
     workload = WORKLOADS[name]
     out_dir = cache_dir()
     binary = out_dir / name
-    if _is_fresh(binary, workload):
+    digest = _inputs_digest(workload)
+    if _is_fresh(binary, digest):
         return binary
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out_dir) as tmp:
@@ -158,6 +168,7 @@ def build(name: str) -> Path:
                 f"$ {' '.join(command)}\n{result.stderr}{result.stdout}"
             )
         os.replace(output, binary)
+        binary.with_name(name + ".inputs").write_text(digest)
     return binary
 
 

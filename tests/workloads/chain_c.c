@@ -1,8 +1,10 @@
 /* A three-level call chain into libc, built without frame pointers (-O2 -fomit-frame-pointer):
  * on-CPU:  main -> chain_a -> chain_b -> qsort (libc) -> chain_compare
  * off-CPU: main -> chain_a -> chain_b -> nanosleep (libc)
+ * deep:    main -> deep_recurse x DEPTH -> chain_a -> chain_b -> qsort -> chain_compare
  * Usage: chain_c cpu [seconds]        (no seconds: forever)
  *        chain_c sleep [iterations=200] [milliseconds=2]
+ *        chain_c deep DEPTH           (on-CPU, forever)
  * Prints "ready"; in sleep mode waits for one line on stdin, sleeps, prints "done N". */
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,15 @@ __attribute__((noinline)) void chain_a(int sleep_ms) {
     __asm__ volatile("" ::: "memory");
 }
 
+__attribute__((noinline)) void deep_recurse(int depth) {
+    if (depth > 0)
+        deep_recurse(depth - 1);
+    else
+        for (;;)
+            chain_a(0);
+    __asm__ volatile("" ::: "memory"); /* no tail call: one frame per level */
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -43,6 +54,11 @@ static double now_seconds(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "deep") == 0) {
+        printf("ready\n");
+        fflush(stdout);
+        deep_recurse(atoi(argv[2]));
+    }
     int sleeping = argc > 1 && strcmp(argv[1], "sleep") == 0;
     if (sleeping) {
         long iterations = argc > 2 ? atol(argv[2]) : 200;

@@ -1,14 +1,18 @@
-/* Two threads pass a byte back and forth through pipes: every round trip is two
- * context switches out (a blocking read each). Built without frame pointers by
- * bench/bench_unwind.py. Usage: pingpong SECONDS; prints "round_trips N". */
+/* Two threads pass a byte back and forth through pipes: every pass is a context switch
+ * out (a blocking read) when both run on one CPU. Built without frame pointers.
+ * Usage: pingpong_c               prints "ready", then per line on stdin:
+ *          "go SECONDS"  passes for SECONDS, prints "round_trips N", blocks again
+ *          "warm"        a few passes, prints "warm"
+ *          "exit"        exits
+ *        pingpong_c SECONDS       passes for SECONDS, prints "round_trips N", exits */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 static int ping[2], pong[2];
-static volatile int stop;
 
 __attribute__((noinline)) static void pass(int in, int out) {
     char byte;
@@ -18,35 +22,50 @@ __attribute__((noinline)) static void pass(int in, int out) {
 
 static void *echo(void *arg) {
     (void)arg;
-    while (!stop)
+    for (;;)
         pass(ping[0], pong[1]);
     return NULL;
 }
 
-int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
-    if (pipe(ping) || pipe(pong))
-        return 1;
-    pthread_t thread;
-    pthread_create(&thread, NULL, echo, NULL);
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) static long rally(double seconds, long at_most) {
+    double deadline = now_seconds() + seconds;
     long trips = 0;
     char byte = 'x';
     for (;;) {
         if (write(ping[1], &byte, 1) != 1 || read(pong[0], &byte, 1) != 1)
-            return 1;
+            exit(1);
         trips++;
-        if ((trips & 1023) == 0) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec - start.tv_sec + (now.tv_nsec - start.tv_nsec) / 1e9 >= seconds)
-                break;
-        }
+        if (trips >= at_most || ((trips & 1023) == 0 && now_seconds() >= deadline))
+            return trips;
     }
-    stop = 1;
-    if (write(ping[1], &byte, 1) != 1)
+}
+
+int main(int argc, char **argv) {
+    if (pipe(ping) || pipe(pong))
         return 1;
-    pthread_join(thread, NULL);
-    printf("round_trips %ld\n", trips);
+    pthread_t thread;
+    pthread_create(&thread, NULL, echo, NULL);
+    if (argc > 1) {
+        printf("round_trips %ld\n", rally(atof(argv[1]), -1UL >> 1));
+        return 0;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        if (strncmp(line, "go ", 3) == 0)
+            printf("round_trips %ld\n", rally(atof(line + 3), -1UL >> 1));
+        else if (strncmp(line, "warm", 4) == 0)
+            printf("warm %ld\n", rally(1.0, 10));
+        else
+            break;
+        fflush(stdout);
+    }
     return 0;
 }

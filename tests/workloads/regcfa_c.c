@@ -3,9 +3,10 @@
  * so only the sampled R11 (not RSP, not RBP) says where its return address is, as in
  * OpenSSL's hand-written assembly.
  * With "nostack", reg_outer calls nostack_leaf instead, which points RSP at an unmapped
- * page while it spins (as code switching stacks does for an instant): no stack can be
- * copied from there.
- * Usage: regcfa_c [nostack] [seconds]   (no seconds: forever)
+ * page while it spins (as code switching stacks does for an instant), its CFA in R11.
+ * With "badstack", badstack_leaf does the same without saying so in its CFI (the CFA
+ * stays RSP + 8): its return address cannot be read.
+ * Usage: regcfa_c [nostack|badstack] [seconds]   (no seconds: forever)
  * Prints "ready", then spins. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 
 void reg_leaf(long n);
 void nostack_leaf(long n);
+void badstack_leaf(long n);
 
 __asm__(".text\n"
         ".globl reg_leaf\n"
@@ -44,14 +46,28 @@ __asm__(".text\n"
         ".cfi_def_cfa_register %rsp\n"
         "    ret\n"
         ".cfi_endproc\n"
-        ".size nostack_leaf, .-nostack_leaf\n");
+        ".size nostack_leaf, .-nostack_leaf\n"
+        ".globl badstack_leaf\n"
+        ".type badstack_leaf, @function\n"
+        "badstack_leaf:\n"
+        ".cfi_startproc\n"
+        "    mov %rsp, %r11\n"
+        "    mov $0x1000, %rsp\n"
+        "1:  dec %rdi\n"
+        "    jnz 1b\n"
+        "    mov %r11, %rsp\n"
+        "    ret\n"
+        ".cfi_endproc\n"
+        ".size badstack_leaf, .-badstack_leaf\n");
 
 volatile long reg_rounds;
-static int no_stack;
+static int no_stack, bad_stack;
 
 __attribute__((noinline)) void reg_outer(void) {
     if (no_stack)
         nostack_leaf(1000000);
+    else if (bad_stack)
+        badstack_leaf(1000000);
     else
         reg_leaf(1000000);
     reg_rounds++; /* work after the call: no tail call */
@@ -65,7 +81,9 @@ static double now_seconds(void) {
 
 int main(int argc, char **argv) {
     no_stack = argc > 1 && strcmp(argv[1], "nostack") == 0;
-    double seconds = argc > 1 + no_stack ? atof(argv[1 + no_stack]) : 0.0;
+    bad_stack = argc > 1 && strcmp(argv[1], "badstack") == 0;
+    int mode = no_stack || bad_stack;
+    double seconds = argc > 1 + mode ? atof(argv[1 + mode]) : 0.0;
     double deadline = now_seconds() + seconds;
     printf("ready\n");
     fflush(stdout);

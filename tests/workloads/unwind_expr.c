@@ -9,7 +9,9 @@
  *   altstack:  main burns CPU in alt_spin; SIGALRM (setitimer) runs alt_handler on a
  *              sigaltstack (SA_ONSTACK); it burns CPU in alt_burn, which takes the snapshot.
  * The snapshot is "ip sp bp" (hex), a newline, then the bytes from sp to the end of the
- * mapping holding sp. Then it prints "ready" and waits for stdin to close. */
+ * mapping holding sp. Then it prints "ready" and waits for stdin to close.
+ * drap_block and altstack_block: the same paths, but instead of a snapshot expr_take
+ * prints "ready" and blocks reading stdin there (for the kernel's own walk). */
 #include <alloca.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,7 +26,7 @@
 #define ALT_STACK_SIZE (64 * 1024)
 
 static const char *out_path;
-static volatile int taken;
+static volatile int taken, blocking;
 static volatile unsigned long spin_count;
 
 /* Only async-signal-unsafe calls after the registers are taken, once, in a test program. */
@@ -33,11 +35,26 @@ __attribute__((noinline)) void expr_write(unsigned long ip, unsigned long sp, un
     taken = 1;
 }
 
+/* Blocks until stdin closes, inside the caller's frames (read is async-signal-safe). */
+__attribute__((noinline)) void expr_wait(void) {
+    char buffer[16];
+    taken = 1;
+    if (write(1, "ready\n", 6) != 6)
+        exit(4);
+    while (read(0, buffer, sizeof buffer) > 0)
+        ;
+    __asm__ volatile("" ::: "memory");
+}
+
 __attribute__((noinline)) void expr_take(void) {
     unsigned long ip, sp, bp;
     TAKE_REGISTERS(ip, sp, bp);
     if (taken)
         return;
+    if (blocking) {
+        expr_wait();
+        return;
+    }
     expr_write(ip, sp, bp);
     __asm__ volatile("" ::: "memory");
 }
@@ -108,10 +125,13 @@ int main(int argc, char **argv) {
     if (argc < 3)
         return 2;
     out_path = argv[1];
-    if (strcmp(argv[2], "altstack") == 0)
+    blocking = strstr(argv[2], "_block") != NULL;
+    if (strncmp(argv[2], "altstack", 8) == 0)
         run_on_altstack();
     else
         expr_outer(strcmp(argv[2], "drap_leaf") == 0);
+    if (blocking)
+        return 0;
     printf("ready\n");
     fflush(stdout);
     while (fgets(line, sizeof line, stdin))
