@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -432,7 +433,11 @@ def test_cli_off_cpu_chain_into_libc(spawn, workloads, tmp_path, unwind):
     sleeper.send_line("go")
     options = ("--type", "off-cpu", "--unwind", unwind)
     stacks, stderr = rover_profile_user(sleeper.pid, tmp_path / "wait.folded", *options)
-    assert "warning" not in stderr, stderr
+    # Nothing lost but, rarely, the time away of a switch-in the tracepoint never showed (a
+    # few per million switches, both modes), which the CLI reports as it must.
+    warnings = [line for line in stderr.splitlines() if "warning" in line]
+    unseen = r"warning: some data could not be collected: offcpu_switch_in_unseen=\d"
+    assert all(re.fullmatch(unseen, line) for line in warnings), stderr
     # main -> chain_a -> chain_b -> libc's nanosleep (built without frame pointers)
     into_libc = [(f, n) for f, n in stacks if any("nanosleep" in name for name in f)]
     if unwind == "frame_pointer":

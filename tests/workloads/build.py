@@ -47,6 +47,7 @@ CALL_CHAIN: dict[str, list[str]] = {
     "regcfa_c": ["main", "reg_outer", "reg_leaf"],
     "unwind_snapshot": ["main", "snap_a", "snap_b"],
     "unwind_cpp": ["main", "cxx_outer()", "cxx_work()"],
+    "pingpong_c": ["main", "rally", "pass"],
 }
 
 
