@@ -30,6 +30,7 @@ from rover.bpf.engine import EngineConfig
 from rover.bpf.headers import HeaderSearch
 from rover.bpf.load_check import CheckCancelled, LoadCheck
 from rover.bpf.tracefs import ensure_tracefs
+from rover.byte_cache import CacheStats, HasCaches
 from rover.config import AgentConfig
 from rover.continuous import ContinuousProfiler
 from rover.deadline import Deadline
@@ -39,7 +40,7 @@ from rover.metrics import AgentParts, agent_registry
 from rover.periodic import PeriodicLoop
 from rover.process.finder import ProcessFinder
 from rover.process.model import DiscoveredProcess
-from rover.symbols import Symbolizer
+from rover.symbols import Symbolizer, demangle
 from rover.tasks.engines import EngineSet
 from rover.tasks.manager import TaskManager
 from rover.tasks.poller import TaskPoller
@@ -72,7 +73,13 @@ class Agent:
         self.reporter = ProcessReporter(
             self.client, self.agent_id, config.process_discovery.properties_report_period
         )
-        self.symbolizer = Symbolizer(self.hostfs)
+        caches = config.cache
+        self.symbolizer = Symbolizer(
+            self.hostfs,
+            symbol_table_bytes=caches.symbol_table_bytes,
+            perf_map_bytes=caches.perf_map_bytes,
+        )
+        demangle.set_cache_bytes(caches.demangled_name_bytes)
         self.uploader = ProfileUploader(self.client, config.core.backend.upload_buffer_size)
         frequency = config.profiling.task.on_cpu.frequency
         headers = HeaderSearch(
@@ -85,6 +92,7 @@ class Agent:
             unwind=config.profiling.unwind.value,
             table_bytes=config.profiling.unwind_table_bytes,
             hostfs=self.hostfs,
+            cfi_table_bytes=caches.cfi_table_bytes,
         )
         self.tasks = TaskManager(
             self.engines,
@@ -136,9 +144,19 @@ class Agent:
             reporter=self.reporter,
             loops=self.loops,
             discovered=lambda: len(self.discovered),
+            caches=self.caches,
         )
         liveness = Liveness(lambda: self.loops)
         return HealthServer(address, liveness, self.readiness, agent_registry(parts))
+
+    def caches(self) -> list[CacheStats]:
+        """Every cache of the agent, each bounded in bytes (the ``cache`` settings, and
+        ``profiling.unwind_table_bytes`` for the kernel's unwind rows)."""
+        found = self.symbolizer.caches() + self.engines.caches()
+        for finder in self.finders:
+            if isinstance(finder, HasCaches):
+                found += finder.caches()
+        return found
 
     def _resolve(self, process_id: str) -> DiscoveredProcess | None:
         return self.reporter.registered().get(process_id)

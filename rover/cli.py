@@ -23,6 +23,7 @@ from rover.units import frequency_from_period, parse_duration
 
 if TYPE_CHECKING:
     from rover.bpf.headers import KernelHeaders
+    from rover.config import CacheConfig
     from rover.hostfs import HostFS
     from rover.profile import ProfileType
 
@@ -249,6 +250,7 @@ class ProfileRequest:
     host_root: str
     kernel_headers: str | None
     unwind: str = "auto"
+    caches: CacheConfig | None = None  # the agent's cache budgets (None: the defaults)
 
 
 def validate_profile_args(args: argparse.Namespace) -> ProfileRequest:
@@ -271,8 +273,19 @@ def validate_profile_args(args: argparse.Namespace) -> ProfileRequest:
             raise UsageError(f"--pid {pid}: no such process")
     return ProfileRequest(
         pids, profile_type.value, duration, frequency, output, args.value, args.host_root,
-        args.kernel_headers, args.unwind,
+        args.kernel_headers, args.unwind, _cache_config(),
     )  # fmt: skip
+
+
+def _cache_config() -> CacheConfig:
+    """The cache budgets the agent would use (``cache`` in its configuration file, the
+    ``ROVER_CACHE_*`` variables); a bad one is a usage error, as for the agent."""
+    from rover.config import ConfigError, load_cache_config
+
+    try:
+        return load_cache_config()
+    except ConfigError as exc:
+        raise UsageError(f"configuration: {exc}") from None
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -284,15 +297,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from rover.bpf.headers import HeaderSearch, KernelHeadersNotFound
     from rover.bpf.tracefs import ensure_tracefs
+    from rover.config import CacheConfig
     from rover.empty_profile import explain_empty, read_activity
     from rover.hostfs import HostFS, ProcessGone
     from rover.profile import ProfileType
-    from rover.symbols import Symbolizer
+    from rover.symbols import Symbolizer, demangle
     from rover.tasks.runner import ProfilingRunner
     from rover.tasks.timed_run import run_for
 
     profile_type = ProfileType(request.profile_type)
     hostfs = HostFS(request.host_root)
+    caches = request.caches or CacheConfig()
+    demangle.set_cache_bytes(caches.demangled_name_bytes)
     if profile_type is ProfileType.OFF_CPU and ensure_tracefs() is None:
         raise RuntimeFailure("sched:sched_switch tracepoint not available: is tracefs mounted?")
     try:
@@ -311,7 +327,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if stop.is_set():  # the signal came during the compile, which cannot be interrupted
         engine.close()
         return _stopped_before_sampling(request, profile_type)
-    runner = ProfilingRunner(engine, Symbolizer(hostfs), request.pids, hostfs)
+    symbolizer = Symbolizer(
+        hostfs,
+        symbol_table_bytes=caches.symbol_table_bytes,
+        perf_map_bytes=caches.perf_map_bytes,
+    )
+    runner = ProfilingRunner(engine, symbolizer, request.pids, hostfs)
     progress = _ProgressDisplay(enabled=not args.quiet, profile_type=profile_type)
     activity_before = read_activity(hostfs, request.pids)
     try:
@@ -342,11 +363,16 @@ def _load_engine(
     """Compile, load and attach the program(s) the targets need; RuntimeFailure if not."""
     from rover.bpf.engine import EngineConfig
     from rover.bpf.loader import BPFLoadError
+    from rover.config import CacheConfig
     from rover.unwind.modes import make_engine
+    from rover.unwind.tables import UnwindInfoCache
 
     config = EngineConfig(frequency=request.frequency)
+    cfi_cache = UnwindInfoCache((request.caches or CacheConfig()).cfi_table_bytes)
     try:
-        engine = make_engine(profile_type, headers, config, request.unwind, hostfs=hostfs)
+        engine = make_engine(
+            profile_type, headers, config, request.unwind, hostfs=hostfs, cfi_cache=cfi_cache
+        )
     except BPFLoadError as exc:
         reason = str(exc).splitlines()[0]
         raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None

@@ -1,8 +1,9 @@
 """Prometheus metrics of the agent, read from the counters its parts already keep.
 
 Nothing is counted twice: a scrape reads the task manager's counters, the
-uploader's, the engines' kernel-side event counts, the backend client's state and
-the loops' run counts at that moment (prometheus_client custom collector).
+uploader's, the engines' kernel-side event counts, the backend client's state,
+the loops' run counts and the caches' sizes at that moment (prometheus_client
+custom collector).
 
 Metric names (all prefixed ``rover_``) are listed in docs/deploy.md.
 """
@@ -19,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from rover.backend import BackendClient, ProcessReporter, ProfileUploader
 from rover.bpf.engine import LOSS_COUNTERS
+from rover.byte_cache import CacheStats
 from rover.periodic import PeriodicLoop
 from rover.profile import ProfileType
 from rover.tasks.engines import EngineSet
@@ -45,6 +47,7 @@ class AgentParts:
     reporter: ProcessReporter
     loops: Sequence[PeriodicLoop]
     discovered: Callable[[], int]  # processes found by the latest scan
+    caches: Callable[[], Sequence[CacheStats]] = list  # every cache bounded in bytes
 
 
 class AgentCollector(Collector):
@@ -59,6 +62,7 @@ class AgentCollector(Collector):
         yield from self._upload()
         yield from self._processes()
         yield from self._loops()
+        yield from self._caches()
 
     def _profiling(self) -> Iterator[Metric]:
         samples = CounterMetricFamily(
@@ -180,6 +184,42 @@ class AgentCollector(Collector):
             runs.add_metric([loop.name], loop.runs)
             failures.add_metric([loop.name], loop.failures)
         yield from (runs, failures)
+
+    def _caches(self) -> Iterator[Metric]:
+        label = ["cache"]
+        budget = GaugeMetricFamily(
+            "rover_cache_budget_bytes", "Most bytes each cache may hold (its setting)", labels=label
+        )
+        size = GaugeMetricFamily(
+            "rover_cache_bytes", "Bytes each cache holds now (estimated per entry)", labels=label
+        )
+        entries = GaugeMetricFamily(
+            "rover_cache_entries", "Entries each cache holds now", labels=label
+        )
+        evictions = CounterMetricFamily(
+            "rover_cache_evictions",
+            "Least recently used entries dropped to stay within the budget",
+            labels=label,
+        )
+        refused = CounterMetricFamily(
+            "rover_cache_refused",
+            "Entries not kept because each alone exceeded the whole budget",
+            labels=label,
+        )
+        hits = CounterMetricFamily("rover_cache_hits", "Lookups that found an entry", labels=label)
+        misses = CounterMetricFamily(
+            "rover_cache_misses", "Lookups that found none (the work is done again)", labels=label
+        )
+        for stats in self.parts.caches():
+            name = [stats.name]
+            budget.add_metric(name, stats.budget_bytes)
+            size.add_metric(name, stats.bytes)
+            entries.add_metric(name, stats.entries)
+            evictions.add_metric(name, stats.evictions)
+            refused.add_metric(name, stats.refused)
+            hits.add_metric(name, stats.hits)
+            misses.add_metric(name, stats.misses)
+        yield from (budget, size, entries, evictions, refused, hits, misses)
 
 
 def agent_registry(parts: AgentParts) -> CollectorRegistry:

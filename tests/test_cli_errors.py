@@ -64,3 +64,18 @@ def test_a_rate_above_the_kernel_limit_names_the_flag_and_the_limit(rate, needle
     limit.write_text("1000\n")
     result = rover("profile", "--pid", "1", *rate, "--host-root", str(tmp_path))
     assert_clean_error(result, 2, needle, "kernel's limit of 1000")
+
+
+def test_a_bad_cache_budget_in_the_environment_is_a_usage_error(tmp_path):
+    """`rover profile` takes the agent's cache budgets (ROVER_CACHE_*): checked the same."""
+    result = rover(
+        "profile",
+        "--pid",
+        "1",
+        "--output",
+        str(tmp_path / "out.folded"),
+        env={"ROVER_CACHE_PERF_MAP_BYTES": "-1", "ROVER_CONFIG": ""},
+    )
+    assert_clean_error(
+        result, 2, "configuration: cache.perf_map_bytes: must be at least", "ROVER_CACHE_PERF_MAP"
+    )

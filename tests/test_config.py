@@ -18,6 +18,7 @@ from rover.config import (
     ConfigError,
     LogFormat,
     ScanMode,
+    load_cache_config,
     load_config,
 )
 from rover.config.placeholders import PlaceholderError, placeholder_names, resolve
@@ -319,6 +320,21 @@ OVERRIDES: list[tuple[str, str, Callable[[AgentConfig], Any], Any]] = [
         "1h",
         lambda c: c.profiling.continuous.trigger.silence_duration,
         3600.0,
+    ),
+    ("ROVER_CACHE_SYMBOL_TABLE_BYTES", "1048576", lambda c: c.cache.symbol_table_bytes, 1 << 20),
+    ("ROVER_CACHE_CFI_TABLE_BYTES", "33554432", lambda c: c.cache.cfi_table_bytes, 32 << 20),
+    ("ROVER_CACHE_PERF_MAP_BYTES", "2097152", lambda c: c.cache.perf_map_bytes, 2 << 20),
+    (
+        "ROVER_CACHE_DEMANGLED_NAME_BYTES",
+        "65536",
+        lambda c: c.cache.demangled_name_bytes,
+        64 << 10,
+    ),
+    (
+        "ROVER_CACHE_KUBERNETES_OWNER_BYTES",
+        "200000",
+        lambda c: c.cache.kubernetes_owner_bytes,
+        200_000,
     ),
 ]
 
@@ -856,3 +872,63 @@ def test_unwind_table_bytes_is_checked(size):
 
 def test_unwind_table_bytes_defaults_to_64_mib():
     assert shipped().profiling.unwind_table_bytes == 64 << 20
+
+
+CACHE_KEYS = [
+    ("SYMBOL_TABLE_BYTES", "symbol_table_bytes", 1 << 20),
+    ("CFI_TABLE_BYTES", "cfi_table_bytes", 1 << 20),
+    ("PERF_MAP_BYTES", "perf_map_bytes", 1 << 20),
+    ("DEMANGLED_NAME_BYTES", "demangled_name_bytes", 64 << 10),
+    ("KUBERNETES_OWNER_BYTES", "kubernetes_owner_bytes", 64 << 10),
+]
+
+
+def test_cache_budgets_default_to_the_caches_own_and_stay_well_under_60_mib():
+    from rover.process.kubernetes.owner import DEFAULT_OWNER_BYTES
+    from rover.symbols.cache import DEFAULT_SYMBOL_TABLE_BYTES
+    from rover.symbols.demangle import DEFAULT_DEMANGLED_NAME_BYTES
+    from rover.symbols.symbolizer import DEFAULT_PERF_MAP_BYTES
+    from rover.unwind.tables import DEFAULT_CFI_TABLE_BYTES
+
+    cache = shipped().cache
+    assert dataclasses.astuple(cache) == (
+        DEFAULT_SYMBOL_TABLE_BYTES,
+        DEFAULT_CFI_TABLE_BYTES,
+        DEFAULT_PERF_MAP_BYTES,
+        DEFAULT_DEMANGLED_NAME_BYTES,
+        DEFAULT_OWNER_BYTES,
+    )
+    assert sum(dataclasses.astuple(cache)) == 49 << 20
+
+
+@pytest.mark.parametrize(("env", "key", "minimum"), CACHE_KEYS)
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5", "4MiB", "below"])
+def test_bad_cache_budgets_are_clear_errors(env, key, minimum, value):
+    text_value = str(minimum - 1) if value == "below" else value
+    text = error_of(**{f"ROVER_CACHE_{env}": text_value})
+    assert text.startswith(f"cache.{key}: ")
+    assert text.endswith(f"(from ROVER_CACHE_{env})")
+    assert repr(text_value) in text
+    if value in ("abc", "1.5", "4MiB"):
+        assert "expected a whole number" in text
+    else:
+        size = "1 MiB" if minimum == 1 << 20 else "64 KiB"
+        assert f"must be at least {minimum} bytes ({size}), got" in text
+
+
+def test_cache_budgets_at_their_minimum_are_accepted(tmp_path):
+    text = "cache:\n" + "".join(f"  {key}: {minimum}\n" for _, key, minimum in CACHE_KEYS)
+    cache = load_config(write(tmp_path, text), {}).cache
+    assert dataclasses.astuple(cache) == tuple(minimum for _, _, minimum in CACHE_KEYS)
+    with pytest.raises(ConfigError, match=r"^cache\.perf_map_byte: unknown key"):
+        load_config(write(tmp_path, "cache:\n  perf_map_byte: 1\n", "typo.yaml"), {})
+
+
+def test_rover_profile_reads_the_cache_section_alone():
+    """``rover profile`` takes the agent's cache budgets, with the same variables; the
+    other sections' variables do not matter to it."""
+    env = {"ROVER_CACHE_PERF_MAP_BYTES": "2097152", "ROVER_BACKEND_CHECK_PERIOD": "bad"}
+    assert load_cache_config(env).perf_map_bytes == 2 << 20
+    assert load_cache_config({}) == AgentConfig().cache
+    with pytest.raises(ConfigError, match=r"^cache\.symbol_table_bytes: must be at least"):
+        load_cache_config({"ROVER_CACHE_SYMBOL_TABLE_BYTES": "10"})

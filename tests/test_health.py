@@ -360,3 +360,71 @@ def test_an_unreadable_engine_is_counted_at_every_scrape_and_logged_once(caplog)
     assert collector.engine_read_failures == 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "ON_CPU engine unreadable" in warnings[0].getMessage()
+
+
+def test_metrics_show_every_cache_budget_size_and_evictions():
+    """/metrics scraped over HTTP: each cache's budget, bytes and entries (gauges), its
+    evictions and refusals (counters), as the agent hands them to the collector."""
+    from types import SimpleNamespace
+
+    from rover.bpf.engine import EngineConfig
+    from rover.byte_cache import ENTRY_OVERHEAD_BYTES, ByteLru
+    from rover.metrics import agent_registry
+    from rover.symbols import Symbolizer
+    from rover.tasks.engines import EngineSet
+
+    symbolizer = Symbolizer(perf_map_bytes=2 << 20)
+    engines = EngineSet(lambda: None, EngineConfig(), table_bytes=8 << 20)
+    owners = ByteLru("kubernetes_owners", 1000)
+    for i in range(10):
+        owners.put(i, i, 100)  # 100 bytes and the entry's overhead each: three fit
+    owners.put("huge", 0, 5000)
+    parts = SimpleNamespace(
+        tasks=SimpleNamespace(counters={}, runs=list),
+        engines=engines,
+        uploader=SimpleNamespace(uploaded=0, upload_failures=0, dropped=0, pending=0),
+        client=SimpleNamespace(connected=False),
+        reporter=SimpleNamespace(registered=dict),
+        loops=[],
+        discovered=lambda: 0,
+        caches=lambda: [*symbolizer.caches(), *engines.caches(), owners.stats()],
+    )
+    server = HealthServer(
+        "127.0.0.1:0",
+        Liveness(lambda: []),
+        Readiness(lambda: True, "oap:11800", bpf_needed=False),
+        agent_registry(parts),
+    )
+    server.start()
+    try:
+        values = scrape(f"http://127.0.0.1:{server.port}")
+    finally:
+        server.stop()
+    names = {
+        "symbol_tables",
+        "perf_maps",
+        "demangled_names",
+        "debug_file_crcs_symbols",
+        "cfi_tables",
+        "kernel_unwind_rows_on_cpu",
+        "kernel_unwind_rows_off_cpu",
+        "debug_file_crcs_unwinding_on_cpu",
+        "debug_file_crcs_unwinding_off_cpu",
+        "kubernetes_owners",
+    }
+    shown = {dict(labels)["cache"] for name, labels in values if name == "rover_cache_bytes"}
+    assert shown == names
+    for cache in names:
+        for name in ("rover_cache_budget_bytes", "rover_cache_bytes", "rover_cache_entries"):
+            assert metric(values, name, cache=cache) >= 0
+        for name in ("evictions", "refused", "hits", "misses"):
+            assert metric(values, f"rover_cache_{name}_total", cache=cache) >= 0
+    assert metric(values, "rover_cache_budget_bytes", cache="perf_maps") == 2 << 20
+    assert metric(values, "rover_cache_budget_bytes", cache="symbol_tables") == 20 << 20
+    assert metric(values, "rover_cache_budget_bytes", cache="kernel_unwind_rows_on_cpu") == 8 << 20
+    assert metric(values, "rover_cache_entries", cache="kubernetes_owners") == 3
+    assert metric(values, "rover_cache_bytes", cache="kubernetes_owners") == 3 * (
+        100 + ENTRY_OVERHEAD_BYTES
+    )
+    assert metric(values, "rover_cache_evictions_total", cache="kubernetes_owners") == 7
+    assert metric(values, "rover_cache_refused_total", cache="kubernetes_owners") == 1

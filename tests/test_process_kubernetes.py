@@ -9,10 +9,12 @@ after moving anything left in them back to the root cgroup.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import subprocess
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +38,8 @@ from rover.process.agent_host import AgentHost
 from rover.process.finder import FinderConfigError, ProcessFinder
 from rover.process.kubernetes.client import KubernetesConnectError
 from rover.process.kubernetes.finder import KubernetesFinder, WatchSettings
+from rover.process.kubernetes.model import OwnerRef, PodInfo
+from rover.process.kubernetes.owner import OwnerResolver
 from rover.process.model import DiscoveredProcess, ProcessKind
 from rover.process.template import TemplateError
 
@@ -543,6 +547,12 @@ def test_owner_name_follows_controller_references(
     finder = make_finder(analyzers=analyzers)
     [process] = wait_for(finder.scan, lambda f: bool(f))
     assert process.entity.service_name == "web/web-5d8f7"
+    owners = finder.caches()[0]
+    assert owners.name == "kubernetes_owners" and owners.entries >= 1
+    # The pod goes: so does what was read about its owners.
+    fake_k8s.delete_pod("default", "web-5d8f7-x")
+    wait_for(finder.scan, lambda f: f == [])
+    assert finder.caches()[0].entries == 0 and finder.caches()[0].bytes == 0
 
 
 def test_a_failing_analyzer_does_not_hide_the_others(
@@ -632,3 +642,58 @@ def test_fake_server_speaks_the_real_client(fake_k8s: FakeKubernetes) -> None:  
     with pytest.raises(ApiException) as caught:
         api.read_namespaced_pod("zzz", "default")
     assert caught.value.status == 404
+
+
+# -- the owner cache, without a server -----------------------------------------------------
+
+
+class FakeOwnerApi:
+    """The two ApiClient calls OwnerResolver makes, answering from ``objects`` by path."""
+
+    def __init__(self, objects: dict[str, dict[str, Any]]) -> None:
+        self.objects = objects
+        self.gets: list[str] = []
+
+    def param_serialize(self, method: str, path: str, **_: Any) -> tuple[Any, ...]:
+        return method, path, {}, None, None
+
+    def call_api(self, method: str, url: str, headers: Any, **_: Any) -> Any:
+        self.gets.append(url)
+        body = json.dumps(self.objects.get(url, {})).encode()
+        return types.SimpleNamespace(status=200 if url in self.objects else 404, read=lambda: body)
+
+
+def _replica_set(name: str, deployment: str) -> dict[str, Any]:
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment, "controller": True}
+    return {"metadata": {"name": name, "ownerReferences": [owner]}}
+
+
+def _pod_of(replica_set: str) -> PodInfo:
+    owner = OwnerRef("apps/v1", "ReplicaSet", replica_set, True)
+    return PodInfo("uid", "default", f"{replica_set}-x", "node-1", "10.0.0.1", owners=(owner,))
+
+
+def test_owners_of_gone_pods_are_forgotten_and_the_cache_keeps_its_budget() -> None:
+    rollouts = [f"web-{i:05d}" for i in range(40)]
+    api = FakeOwnerApi(
+        {
+            f"/apis/apps/v1/namespaces/default/replicasets/{rs}": _replica_set(rs, "web")
+            for rs in rollouts
+        }
+    )
+    resolver = OwnerResolver(api, budget_bytes=10 << 10)
+    for rs in rollouts:  # a rollout a day: each pod's ReplicaSet is read once
+        assert resolver.owner_of_kind(_pod_of(rs), "Deployment") == "web"
+    entry = resolver.stats()
+    assert entry.name == "kubernetes_owners"
+    assert entry.bytes <= 10 << 10 and entry.evictions > 0 and entry.entries < 40
+    assert entry.entries + entry.evictions == 40
+    # An evicted owner is read again, with the same answer.
+    gets = len(api.gets)
+    assert resolver.owner_of_kind(_pod_of(rollouts[0]), "Deployment") == "web"
+    assert len(api.gets) == gets + 1
+    # Only the last pod is still there: everything else is forgotten.
+    resolver.retain([_pod_of(rollouts[-1])])
+    assert resolver.stats().entries == 1
+    resolver.retain([])
+    assert resolver.stats().entries == 0 and resolver.stats().bytes == 0

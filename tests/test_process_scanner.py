@@ -181,6 +181,28 @@ def test_an_exited_process_leaves_the_next_scan(spawn) -> None:
     assert finder.scan() == []
 
 
+def test_what_was_kept_about_an_exited_process_is_forgotten(spawn) -> None:
+    duration = unique_duration()
+    good = spawn([SLEEP, f"{duration}1"], wait_ready=False)
+    broken = spawn([SLEEP, f"{duration}2"], wait_ready=False)
+    finder = scanner(
+        RegexFinderConfig(match_cmd=f"{duration}1", service_name="s", instance_name="i"),
+        RegexFinderConfig(
+            match_cmd=f"{duration}2",
+            service_name="{{.Finder.RegexMatchGroup 3}}",  # fails: logged once per process
+            instance_name="i",
+        ),
+    )
+    assert [p.pid for p in finder.scan()] == [good.pid]
+    assert {key[0] for key in finder._profiling._known} >= {good.pid}
+    assert {key[0] for key in finder._once._seen} >= {broken.pid}
+    good.stop()
+    broken.stop()
+    assert finder.scan() == []
+    assert good.pid not in {key[0] for key in finder._profiling._known}
+    assert broken.pid not in {key[0] for key in finder._once._seen}
+
+
 def test_a_long_executable_name_is_not_truncated(spawn, tmp_path: Path) -> None:
     binary = tmp_path / "rover-test-long-executable-name"
     shutil.copy(SLEEP, binary)

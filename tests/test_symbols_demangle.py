@@ -7,6 +7,7 @@ import re
 import pytest
 from symbols_helpers import build, nm_functions
 
+from rover.byte_cache import ByteLru
 from rover.symbols import demangle as demangle_module
 from rover.symbols.demangle import demangle
 
@@ -73,7 +74,7 @@ def test_every_rust_symbol_of_a_real_binary_demangles(binary: str, prefix: str) 
 
 def test_without_pyderust_legacy_rust_still_loses_its_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(demangle_module, "_rust_demangle", None)
-    undecorated = demangle.__wrapped__  # bypass the cache
+    undecorated = demangle_module.demangle_uncached  # bypass the cache
     assert undecorated("_ZN8hot_rust4main17h0123456789abcdefE") == "hot_rust::main"
     assert undecorated("_ZN2ns6Worker4spinEv") == "ns::Worker::spin()"
     assert undecorated("_RNvCs1234_7mycrate4main") == "_RNvCs1234_7mycrate4main"
@@ -81,5 +82,37 @@ def test_without_pyderust_legacy_rust_still_loses_its_hash(monkeypatch: pytest.M
 
 def test_results_are_cached() -> None:
     first = demangle("_ZN2ns6Worker4spinEv")
+    hits = demangle_module.cache_stats().hits
     assert demangle("_ZN2ns6Worker4spinEv") is first
-    assert demangle.cache_info().hits >= 1
+    assert demangle_module.cache_stats().hits == hits + 1
+
+
+def mangled(i: int) -> str:
+    """``ns::Worker::f<i>()``, mangled."""
+    return f"_ZN2ns6Worker{1 + len(str(i))}f{i}Ev"
+
+
+def test_demangled_names_stay_within_their_byte_budget_and_come_back_after_eviction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = ByteLru[str, str]("demangled_names", 4096)
+    monkeypatch.setattr(demangle_module, "_CACHE", cache)
+    names = [mangled(i) for i in range(100)]
+    first = [demangle(name) for name in names]
+    assert first[0] == "ns::Worker::f0()" and first[42] == "ns::Worker::f42()"
+    stats = demangle_module.cache_stats()
+    assert stats.bytes <= 4096 and stats.entries < 100 and stats.evictions > 0
+    assert stats.entries + stats.evictions == 100
+    # The oldest were evicted: asked again, they are demangled again, to the same names.
+    assert names[0] not in cache
+    assert [demangle(name) for name in names] == first
+
+
+def test_the_demangled_names_budget_is_set_by_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ByteLru[str, str]("demangled_names", 1 << 20)
+    monkeypatch.setattr(demangle_module, "_CACHE", cache)
+    for i in range(200):
+        demangle(mangled(i))
+    demangle_module.set_cache_bytes(8192)
+    stats = demangle_module.cache_stats()
+    assert stats.budget_bytes == 8192 and stats.bytes <= 8192 and stats.evictions > 0

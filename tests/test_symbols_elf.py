@@ -11,8 +11,15 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 from symbols_helpers import build, find_tool, nm_functions, run
 
-from rover.symbols.cache import ElfSymbolsCache
-from rover.symbols.elf_file import ElfImage
+from rover.byte_cache import ENTRY_OVERHEAD_BYTES
+from rover.symbols.cache import (
+    _IDENTITY_BYTES,
+    ElfSymbols,
+    ElfSymbolsCache,
+    KnownBadFile,
+    file_identity,
+)
+from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table
 
 LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.so.6")
@@ -196,3 +203,95 @@ def test_cache_shares_by_build_id_but_prefers_the_unstripped_file(tmp_path: Path
     with open(stripped, "rb") as f:
         again = cache.load(f, None)  # the same build id: served the full table
     assert again is full and cache.loads == 2 and cache.hits == 1
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    return file_identity(path.stat())
+
+
+def _charged(symbols: ElfSymbols) -> int:
+    """What the cache charges for a file reached by one identity."""
+    return symbols.nbytes + _IDENTITY_BYTES + ENTRY_OVERHEAD_BYTES
+
+
+def test_symbol_cache_evicts_the_least_recent_file_at_its_byte_budget(tmp_path: Path) -> None:
+    lib, program = build("libspin.so"), build("c_pie")
+    sizes = {}
+    for path in (lib, program):
+        with open(path, "rb") as f:
+            sizes[path] = _charged(ElfSymbolsCache().load(f, _identity(path)))
+    # Room for either file, not for both.
+    cache = ElfSymbolsCache(max(sizes.values()) + 64)
+    hidden = nm_functions(lib)["lib_hidden"][0]
+    with open(lib, "rb") as f:
+        first = cache.load(f, _identity(lib))
+    assert cache.cached(_identity(lib)) is first
+    assert first.table.symbolize(hidden) == "lib_hidden"
+    with open(program, "rb") as f:
+        cache.load(f, _identity(program))
+    stats = cache.stats()
+    assert (stats.name, stats.entries, stats.evictions) == ("symbol_tables", 1, 1)
+    assert stats.bytes == sizes[program] <= stats.budget_bytes
+    assert cache.cached(_identity(lib)) is None  # evicted: its identity leads nowhere
+    assert _identity(lib) not in cache._by_identity
+    # Looked up again, the file is loaded again and names the same symbol.
+    with open(lib, "rb") as f:
+        again = cache.load(f, _identity(lib))
+    assert again is not first and cache.loads == 3
+    assert again.table.symbolize(hidden) == "lib_hidden"
+    assert again.table.nbytes == first.table.nbytes
+
+
+def test_symbol_table_bigger_than_the_budget_is_used_but_not_kept(caplog) -> None:
+    lib = build("libspin.so")
+    cache = ElfSymbolsCache(1024)
+    hidden = nm_functions(lib)["lib_hidden"][0]
+    for _ in range(2):
+        with open(lib, "rb") as f:
+            symbols = cache.load(f, _identity(lib))
+        assert symbols.table.symbolize(hidden) == "lib_hidden"
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes, stats.refused, cache.loads) == (0, 0, 2, 2)
+    assert cache.cached(_identity(lib)) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "exceed cache.symbol_table_bytes (1 KiB)" in warnings[0]
+
+
+def test_every_identity_of_one_build_is_charged_and_forgotten_with_it(tmp_path: Path) -> None:
+    """The same library in three containers: one table, three identities leading to it."""
+    copies = []
+    for i in range(3):
+        copy = tmp_path / f"c{i}" / "libspin.so"
+        copy.parent.mkdir()
+        copy.write_bytes(build("libspin.so").read_bytes())
+        copies.append(copy)
+    cache = ElfSymbolsCache()
+    for copy in copies:
+        with open(copy, "rb") as f:
+            cache.load(f, _identity(copy))
+    table = cache.cached(_identity(copies[0]))
+    assert table is not None and all(cache.cached(_identity(c)) is table for c in copies)
+    assert cache.loads == 1 and cache.stats().entries == 1
+    assert cache.stats().bytes == table.nbytes + 3 * _IDENTITY_BYTES + ENTRY_OVERHEAD_BYTES
+    program = build("c_pie")
+    with open(program, "rb") as f:
+        program_bytes = _charged(ElfSymbolsCache().load(f, _identity(program)))
+    # Room for either entry, not both: the program pushes the library out.
+    cache._store.set_budget(max(cache.stats().bytes, program_bytes))
+    with open(program, "rb") as f:
+        cache.load(f, _identity(program))
+    assert cache.stats().entries == 1 and cache.stats().evictions == 1
+    assert all(cache.cached(_identity(c)) is None for c in copies)
+    assert not any(_identity(c) in cache._by_identity for c in copies)
+
+
+def test_a_file_that_failed_is_remembered_within_the_budget(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(b"\x7fELF" + b"\xff" * 60)
+    cache = ElfSymbolsCache()
+    with open(bad, "rb") as f, pytest.raises(ElfLoadError):
+        cache.load(f, _identity(bad))
+    with pytest.raises(KnownBadFile):
+        cache.cached(_identity(bad))
+    stats = cache.stats()
+    assert stats.entries == 1 and 0 < stats.bytes < 2048

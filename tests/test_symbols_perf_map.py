@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from symbols_helpers import RunningProgram, build
 
+from rover.byte_cache import ENTRY_OVERHEAD_BYTES
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
 from rover.symbols import Symbolizer, perf_map
@@ -275,6 +276,7 @@ def test_line_longer_than_a_chunk_is_skipped_and_counted(
 
 PEAK_CHILD = r"""
 import re, sys
+from rover.byte_cache import ENTRY_OVERHEAD_BYTES
 from rover.hostfs import HostFS
 from rover.symbols.perf_map import PerfMap
 from rover.symbols.report import Reporter
@@ -309,3 +311,53 @@ def test_reading_a_big_perf_map_stays_within_its_memory_budget(tmp_path: Path) -
     kept, peak = int(out[0]), int(out[1])
     assert kept == lines
     assert peak < size * 1.5, f"reading {size >> 20} MiB of perf map peaked at +{peak >> 20} MiB"
+
+
+def test_perf_maps_share_one_byte_budget_and_name_the_same_after_eviction(
+    tmp_path: Path,
+) -> None:
+    """Three JIT processes, room for two maps: the least recently used is evicted (its
+    file let go) and read again, to the same names, when its process needs it."""
+    lines = 200
+    for pid in (5101, 5102, 5103):
+        text = "".join(f"{ANON + i * 0x100:x} 80 js_{pid}_{i}\n" for i in range(lines))
+        fake_process(tmp_path, pid, pid, text)
+    # Each map: its lines, two frames named, the cache entry.
+    one_map = 1024 + 24 * lines + 2 * perf_map._FRAME_BYTES + ENTRY_OVERHEAD_BYTES
+    budget = 2 * one_map + one_map // 2
+    symbolizer = Symbolizer(HostFS(tmp_path), perf_map_bytes=budget)
+    assert names(symbolizer.user_frames(5101, [ANON + 0x10, ANON + 0x510])) == [
+        "js_5101_0",
+        "js_5101_5",
+    ]
+    for pid in (5102, 5103):
+        symbolizer.user_frames(pid, [ANON + 0x10, ANON + 0x510])
+    perf_maps = symbolizer.caches()[1]
+    assert perf_maps.name == "perf_maps"
+    assert (perf_maps.entries, perf_maps.evictions) == (2, 1)
+    assert perf_maps.bytes <= budget
+    read = symbolizer.counters["perf_maps_read"]
+    # 5101's map was evicted: it is read again, and names what it named before.
+    assert names(symbolizer.user_frames(5101, [ANON + 0x510, ANON + 0x10, ANON + 0xC711])) == [
+        "js_5101_5",
+        "js_5101_0",
+        "js_5101_199",
+    ]
+    assert symbolizer.counters["perf_maps_read"] == read + 1
+    assert symbolizer.caches()[1].evictions == 2  # 5102's went to make room
+    assert symbolizer.caches()[1].bytes <= budget
+
+
+def test_one_perf_map_reads_at_most_half_the_budget(tmp_path: Path) -> None:
+    text = "".join(f"{ANON + i * 0x100:x} 80 fn{i}\n" for i in range(1000))
+    fake_process(tmp_path, 5201, 5201, text)
+    budget = 48 * 100  # half of it: 100 lines of 24 bytes
+    symbolizer = Symbolizer(HostFS(tmp_path), perf_map_bytes=budget)
+    assert names(symbolizer.user_frames(5201, [ANON + 0x10, ANON + 99 * 0x100 + 0x11])) == [
+        "fn0",
+        "fn99",
+    ]
+    assert not symbolizer.user_frames(5201, [ANON + 100 * 0x100 + 0x10])[0].symbolized
+    assert symbolizer.counters["perf_map_errors"] == 1  # "over N lines", once
+    stats = symbolizer.caches()[1]
+    assert stats.entries == 1 and stats.bytes <= stats.budget_bytes

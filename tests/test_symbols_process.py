@@ -324,3 +324,35 @@ def test_garbage_addresses_reread_maps_at_most_once_per_interval(
         frames = symbolizer.user_frames(prog.pid, [printed["lib_spin"] + 2])
         assert names(frames) == ["lib_spin"]
         assert symbolizer.counters["maps_rereads"] == 2
+
+
+def test_symbols_stay_within_their_budget_and_name_the_same_after_eviction() -> None:
+    """A budget for about half the process's files: loading them evicts (or refuses the
+    biggest), and after the process's tables were all pushed out, the same addresses
+    get the same names from tables loaded again."""
+    with RunningProgram([str(build("c_pie")), str(build("libspin.so"))]) as prog:
+        a = prog.addresses
+        addresses = [a["lib_spin"] + 2, a["c_leaf"] + 3, a["c_outer"] + 5, a["main"] + 8]
+        roomy = Symbolizer()
+        roomy.prepare(prog.pid)
+        expected = names(roomy.user_frames(prog.pid, addresses))
+        assert expected == ["lib_spin", "c_leaf", "c_outer", "main"]
+        everything = roomy.caches()[0]
+        assert everything.name == "symbol_tables" and everything.entries >= 4
+
+        budget = everything.bytes // 2
+        tight = Symbolizer(symbol_table_bytes=budget)
+        tight.prepare(prog.pid)
+        stats = tight.caches()[0]
+        assert stats.bytes <= budget and stats.evictions + stats.refused > 0
+        assert names(tight.user_frames(prog.pid, addresses)) == expected
+        loaded = tight.counters["elf_files_loaded"]
+        tight.forget(prog.pid)
+        # Another process fills the cache with other files (here: libspin's copies
+        # are gone from it), then this one is symbolized from scratch.
+        with RunningProgram([str(build("c_nopie"))]) as other:
+            tight.prepare(other.pid)
+        tight.prepare(prog.pid)
+        assert tight.counters["elf_files_loaded"] > loaded
+        assert names(tight.user_frames(prog.pid, addresses)) == expected
+        assert tight.caches()[0].bytes <= budget

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -258,6 +259,48 @@ def test_unknown_process_and_expired_and_unsupported_tasks():
     assert manager.runs() == []  # ...but expired
     assert manager.apply(parse_task_command(task_args(TargetType="NETWORK")))
     assert manager.runs() == [] and manager.counters["tasks_unsupported"] == 1
+
+
+def test_finished_tasks_are_remembered_only_until_their_end_time():
+    """What stops a finished task from running twice is kept until the task would have
+    ended anyway; then it goes, so the memory follows the live tasks, not the history."""
+    now = [time.time()]
+    gone = _unused_pid()
+    uploader = RecordingUploader()
+    manager = TaskManager(
+        EngineSet(lambda: None, EngineConfig()),
+        Symbolizer(),
+        uploader,
+        resolve=lambda _: DiscoveredProcess(gone, Entity("L", "s", "i", "p"), ProcessKind.HOST),
+        clock=lambda: now[0],
+    )
+
+    def task(task_id, target_type="ON_CPU"):
+        start = int(now[0] * 1000)
+        args = task_args(TaskId=task_id, TaskStartTime=start, TargetType=target_type)
+        return parse_task_command(args)
+
+    assert manager.apply(task("t1"))
+    manager.tick()  # its process is gone: the task fails, and is remembered as run
+    assert manager.runs() == [] and manager.counters["tasks_failed"] == 1
+    assert manager.apply(task("t1")) and manager.runs() == []  # not run twice
+    assert manager.counters["tasks_failed"] == 1
+    assert manager.apply(task("n1", "NETWORK"))
+    assert len(manager._finished) == 1 and list(manager._unsupported_logged) == ["n1"]
+    now[0] += 3600  # both are long over
+    assert manager.apply(task("t2"))
+    manager.tick()
+    assert manager.counters["tasks_failed"] == 2
+    assert [key[0] for key in manager._finished] == ["t2"]
+    assert manager._unsupported_logged == {}
+
+
+def _unused_pid() -> int:
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
 
 
 # -- the poller --------------------------------------------------------------

@@ -33,7 +33,7 @@ from rover.unwind.cfi import (
 )
 from rover.unwind.markers import TRUNCATED
 from rover.unwind.process_space import ProcessSpace, ProcessSpaces, UnwindModule
-from rover.unwind.tables import load_unwind_info
+from rover.unwind.tables import UnwindInfoCache, load_unwind_info
 from rover.unwind.unwinder import Status, Unwinder
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
@@ -210,6 +210,37 @@ def test_adding_a_process_loads_its_tables_within_a_budget(workloads, spawn, tmp
     assert loaded >= 3  # the program, libc, the dynamic loader (and the vDSO)
     assert Unwinder(eager).unwind(process.pid, ip, sp, bp, stack).status == Status.COMPLETE
     assert eager.counters["cfi_files_loaded"] == loaded  # nothing left to load
+
+
+def test_cfi_tables_stay_within_their_budget_and_unwind_the_same_after_eviction(
+    workloads, spawn, tmp_path
+):
+    """A budget for about half the process's tables: they are evicted (or the biggest
+    refused) as they load; once the process is forgotten and read again, the tables
+    decoded anew unwind the same stack to the same frames."""
+    process, ip, sp, bp, stack = take_snapshot(workloads, spawn, tmp_path, "qsort")
+    roomy = ProcessSpaces()
+    roomy.prepare(process.pid)
+    expected = Unwinder(roomy).unwind(process.pid, ip, sp, bp, stack)
+    assert expected.status == Status.COMPLETE
+    everything = roomy.cache.stats()
+    assert everything.name == "cfi_tables" and everything.entries >= 3
+
+    budget = everything.bytes // 2
+    tight = ProcessSpaces(cache=UnwindInfoCache(budget))
+    tight.prepare(process.pid)
+    stats = tight.cache.stats()
+    assert stats.bytes <= budget and stats.evictions + stats.refused > 0
+    assert Unwinder(tight).unwind(process.pid, ip, sp, bp, stack).addresses == expected.addresses
+    loaded = tight.counters["cfi_files_loaded"]
+    tight.forget(process.pid)
+    tight.prepare(process.pid)
+    assert tight.counters["cfi_files_loaded"] > loaded  # what was evicted, decoded again
+    again = Unwinder(tight).unwind(process.pid, ip, sp, bp, stack)
+    assert again.status == Status.COMPLETE and again.addresses == expected.addresses
+    assert tight.cache.stats().bytes <= budget
+    crcs = tight.debug_file_crcs()
+    assert crcs is not None and crcs.name == "debug_file_crcs_unwinding"
 
 
 def garble(path: Path, how: str) -> None:

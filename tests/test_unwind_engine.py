@@ -285,6 +285,7 @@ def test_auto_picks_per_process_in_one_program(headers, spawn, workloads, caplog
         result = engine.drain()
         engine.remove_pid(without.pid)
         assert engine.pids == {with_fp.pid}
+        assert without.pid not in engine.choices  # nothing is kept of a removed process
     finally:
         engine.close()
     assert {s.tgid for s in result.stacks} == {with_fp.pid, without.pid}

@@ -283,6 +283,7 @@ class ProfilerEngine:
     def remove_pid(self, pid: int) -> None:
         with self._lock:
             mode = self._modes.pop(pid, None)
+            self.choices.pop(pid, None)  # kept only while the process is profiled
             if self._bpf is None:
                 return
             with contextlib.suppress(KeyError):

@@ -7,12 +7,18 @@ value, unknown keys), ``model`` (the dataclasses), ``build`` (sections and check
 """
 
 from rover.config.errors import ConfigError
-from rover.config.loader import SHIPPED_CONFIG, default_config_path, load_config
+from rover.config.loader import (
+    SHIPPED_CONFIG,
+    default_config_path,
+    load_cache_config,
+    load_config,
+)
 from rover.config.model import (
     DEFAULT_ANALYZERS,
     AgentConfig,
     AnalyzerConfig,
     BackendConfig,
+    CacheConfig,
     ContinuousConfig,
     CoreConfig,
     HealthConfig,
@@ -37,6 +43,7 @@ __all__ = [
     "AgentConfig",
     "AnalyzerConfig",
     "BackendConfig",
+    "CacheConfig",
     "ConfigError",
     "ContinuousConfig",
     "CoreConfig",
@@ -55,5 +62,6 @@ __all__ = [
     "TaskConfig",
     "TriggerConfig",
     "default_config_path",
+    "load_cache_config",
     "load_config",
 ]

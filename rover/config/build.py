@@ -12,9 +12,11 @@ from typing import Any
 from rover.bpf.sample_rate import SampleRateTooHigh, check_sample_rate
 from rover.config.errors import ConfigError
 from rover.config.model import (
+    MIN_CACHE_BYTES,
     AgentConfig,
     AnalyzerConfig,
     BackendConfig,
+    CacheConfig,
     ContinuousConfig,
     CoreConfig,
     HealthConfig,
@@ -65,12 +67,14 @@ def build_agent_config(tree: Any, env: Mapping[str, str], source: str = "") -> A
     core = _core(root.section("core"))
     process_discovery = _process_discovery(root.section("process_discovery"))
     profiling = _profiling(root.section("profiling"), HostFS(core.host_root, core.proc_dir))
+    cache = build_cache_config(root.section("cache"))
     root.finish(_ROVER_ONLY_TOP)
     return AgentConfig(
         logger=logger,
         core=core,
         process_discovery=process_discovery,
         profiling=profiling,
+        cache=cache,
         source=source,
         warnings=tuple(root.warnings),
     )
@@ -325,6 +329,35 @@ def _unwind_table_bytes(s: Section, default: int) -> int:
     """Kernel memory for unwind rows: at least one busy library's worth."""
     found = s.setting("unwind_table_bytes")
     return default if found is None else found.as_int(_MIN_UNWIND_TABLE_BYTES)
+
+
+def build_cache_config(s: Section) -> CacheConfig:
+    """``cache``: byte budgets, whole numbers of bytes, each at least its minimum."""
+    d = CacheConfig()
+    config = CacheConfig(
+        **{
+            name: _byte_budget(s, name, getattr(d, name), minimum)
+            for name, minimum in MIN_CACHE_BYTES.items()
+        }
+    )
+    s.finish()
+    return config
+
+
+def _byte_budget(s: Section, key: str, default: int, minimum: int) -> int:
+    found = s.setting(key)
+    if found is None:
+        return default
+    size = found.as_int()
+    if size < minimum:
+        raise found.error(
+            f"must be at least {minimum} bytes ({_size(minimum)}), got {found.text!r}"
+        )
+    return size
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
 
 def _task(s: Section, hostfs: HostFS) -> TaskConfig:

@@ -268,12 +268,43 @@ class ProfilingConfig:
     continuous: ContinuousConfig = field(default_factory=ContinuousConfig)
 
 
+# The least each cache may be given (``cache.*``): below these a busy node's working set
+# (one big library's symbols or CFI, one JIT's map, a deployment's owners) cannot fit.
+MIN_CACHE_BYTES: dict[str, int] = {
+    "symbol_table_bytes": 1 << 20,
+    "cfi_table_bytes": 1 << 20,
+    "perf_map_bytes": 1 << 20,
+    "demangled_name_bytes": 64 << 10,
+    "kubernetes_owner_bytes": 64 << 10,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """``cache`` (ours): byte budgets of the agent's caches, each a least-recently-used
+    cache that evicts beyond its budget (docs/architecture.md, "Memory bounds"). The
+    defaults add up to 49 MiB, so the agent stays well under 120 MiB resident."""
+
+    symbol_table_bytes: int = 20 << 20  # ELF symbol tables (rover.symbols.cache)
+    cfi_table_bytes: int = 12 << 20  # decoded .eh_frame/.debug_frame tables (rover.unwind)
+    perf_map_bytes: int = 12 << 20  # JIT perf maps of profiled processes
+    demangled_name_bytes: int = 4 << 20  # demangled C++/Rust names
+    kubernetes_owner_bytes: int = 1 << 20  # pods' owners read from the API server
+
+    def __post_init__(self) -> None:
+        for name, minimum in MIN_CACHE_BYTES.items():
+            value = getattr(self, name)
+            if value < minimum:
+                raise ValueError(f"cache {name} must be at least {minimum}, got {value}")
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     core: CoreConfig = field(default_factory=CoreConfig)
     process_discovery: ProcessDiscoveryConfig = field(default_factory=ProcessDiscoveryConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = ""  # the file this was loaded from
     # Rover settings this agent does not implement, found in the file: log them once
     # logging is set up (it cannot be before the logger section is read).

@@ -30,12 +30,22 @@ def finders_from_config(config: AgentConfig, agent_id: str) -> list[Callable[[],
         builders.append(functools.partial(RegexScannerFinder, discovery.scanner.regex, agent=agent))
     if discovery.kubernetes.active:
         builders.append(
-            functools.partial(_kubernetes, discovery.kubernetes, agent, config.core.cluster_name)
+            functools.partial(
+                _kubernetes,
+                discovery.kubernetes,
+                agent,
+                config.core.cluster_name,
+                config.cache.kubernetes_owner_bytes,
+            )
         )
     return builders
 
 
-def _kubernetes(config: KubernetesConfig, agent: AgentHost, cluster_name: str) -> ProcessFinder:
+def _kubernetes(
+    config: KubernetesConfig, agent: AgentHost, cluster_name: str, owner_cache_bytes: int
+) -> ProcessFinder:
     from rover.process.kubernetes.finder import KubernetesFinder
 
-    return KubernetesFinder(config, agent=agent, cluster_name=cluster_name)
+    return KubernetesFinder(
+        config, agent=agent, cluster_name=cluster_name, owner_cache_bytes=owner_cache_bytes
+    )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rover.profile import Frame, FrameKind
 from rover.symbols.cache import ElfSymbols
 from rover.symbols.maps import Mapping, MappingKind
-from rover.symbols.perf_map import PerfMap
 
 UNKNOWN_MODULE = "[unknown]"
 # Per-process memo of address -> Frame; cleared when full (stacks repeat a lot).
@@ -45,16 +45,21 @@ def unknown_frame(address: int) -> Frame:
     return Frame(f"{UNKNOWN_MODULE}+0x{address:x}", FrameKind.USER, UNKNOWN_MODULE, False)
 
 
+# Names JIT code: the frame for an address (and whether it is the leaf), from the
+# process's perf map (which the symbolizer keeps in its cache, not here), or None.
+JitFrames = Callable[[int, bool], Frame | None]
+
+
 class AddressSpace:
     """The executable mappings of one process, as read from one ``/proc/PID/maps``,
-    and the process's perf map for JIT code in anonymous memory."""
+    and how to name its JIT code in anonymous memory (``jit``: its perf map)."""
 
     def __init__(
-        self, maps_text: str, modules: list[MappedModule], perf_map: PerfMap | None = None
+        self, maps_text: str, modules: list[MappedModule], jit: JitFrames | None = None
     ) -> None:
         self.maps_text = maps_text
         self.modules = modules
-        self.perf_map = perf_map
+        self._jit = jit
         self._starts = [m.mapping.start for m in modules]
         self._frames: dict[int, Frame] = {}
         # Addresses already known to lie in no mapping (no need to re-read maps for them).
@@ -88,7 +93,7 @@ class AddressSpace:
 
     def jit_frame(self, address: int, leaf: bool) -> Frame | None:
         """The frame the process's perf map gives ``address``, if any."""
-        return self.perf_map.frame(address, leaf) if self.perf_map is not None else None
+        return self._jit(address, leaf) if self._jit is not None else None
 
     def is_known_unmapped(self, address: int) -> bool:
         return address in self._unmapped

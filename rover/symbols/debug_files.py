@@ -23,13 +23,15 @@ import errno
 import os
 import posixpath
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
+from rover.byte_cache import INT_BYTES, ByteLru, CacheStats
 from rover.hostfs import HostFS, ProcessGone
-from rover.symbols.cache import FileIdentity, LruCache, file_identity
+from rover.symbols.cache import FileIdentity, file_identity
 from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.symbols.elf_table import ElfSymbolTable, load_symbol_table
 from rover.symbols.report import Reporter
@@ -39,6 +41,9 @@ _MAX_LINK_BYTES = 4096
 _CRC_CHUNK = 1 << 20
 _MAX_DEBUG_FILE = 4 << 30  # the debug info of the biggest libraries is ~2 GB
 _NOT_THERE = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+# CRCs remembered, by bytes: an entry is a file identity (a tuple of four ints) and an int.
+_CRC_ENTRY_BYTES = sys.getsizeof((0, 0, 0, 0)) + 5 * INT_BYTES
+DEBUG_FILE_CRC_BYTES = 128 << 10  # about 330 files
 
 T = TypeVar("T")
 
@@ -91,7 +96,12 @@ class DebugFiles:
         self._error_counter = error_counter
         self._crc_counter = crc_counter
         # CRC32 of candidate files by identity: hashing a big debug file once is enough.
-        self._crcs: LruCache[FileIdentity, int] = LruCache(256)
+        self._crcs: ByteLru[FileIdentity, int] = ByteLru(
+            f"debug_file_crcs_{purpose}", DEBUG_FILE_CRC_BYTES
+        )
+
+    def cache_stats(self) -> CacheStats:
+        return self._crcs.stats()
 
     def symbols_for(
         self, image: ElfImage, pid: int, binary_path: str, binary: FileIdentity | None
@@ -200,7 +210,7 @@ class DebugFiles:
             stream.seek(0)
             while chunk := stream.read(_CRC_CHUNK):
                 crc = zlib.crc32(chunk, crc)
-            self._crcs.put(identity, crc)
+            self._crcs.put(identity, crc, _CRC_ENTRY_BYTES)
         return crc
 
     def _reject(self, place: _Place, reason: str, crc: bool = False) -> None:

@@ -9,7 +9,9 @@
   hash-free form (``crate::module::function``).
 * Go and C names pass through unchanged.
 
-Names are demangled only when looked up, and remembered.
+Names are demangled only when looked up, and remembered in one cache shared by
+every file and process, bounded in bytes (``cache.demangled_name_bytes``, set with
+:func:`set_cache_bytes`); a name evicted is simply demangled again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from functools import lru_cache
+
+from rover.byte_cache import ByteLru, CacheStats, str_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +51,37 @@ def _load_rust() -> Callable[[str], str] | None:
 _cxx_demangle = _load_cxx()
 _rust_demangle = _load_rust()
 
+DEFAULT_DEMANGLED_NAME_BYTES = 4 << 20  # cache.demangled_name_bytes
+_CACHE: ByteLru[str, str] = ByteLru("demangled_names", DEFAULT_DEMANGLED_NAME_BYTES)
 
-@lru_cache(maxsize=1 << 16)
+
+def set_cache_bytes(budget_bytes: int) -> None:
+    """The byte budget of the demangled names (the agent's ``cache.demangled_name_bytes``)."""
+    _CACHE.set_budget(budget_bytes)
+
+
+def cache_stats() -> CacheStats:
+    return _CACHE.stats()
+
+
 def demangle(name: str) -> str:
     """The readable form of a symbol name; the name itself when it is not mangled.
 
     A leading ``.`` or ``$`` is dropped first, as the SkyWalking profiling spec
     asks, and so is a symbol version after a mangled name. Never raises: a name
-    no demangler accepts is returned as it is.
+    no demangler accepts is returned as it is. Remembered: each entry is charged
+    its two strings (one when the name needs no demangling).
     """
+    readable = _CACHE.get(name)
+    if readable is None:
+        readable = demangle_uncached(name)
+        size = str_bytes(name) + (str_bytes(readable) if readable is not name else 0)
+        _CACHE.put(name, readable, size)
+    return readable
+
+
+def demangle_uncached(name: str) -> str:
+    """:func:`demangle` without its cache."""
     if name[:1] in (".", "$"):
         name = name[1:]
     if name.startswith(("_Z", "_R")):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, BinaryIO
 
 from elftools.elf.elffile import ELFFile
@@ -19,6 +21,11 @@ _PF_X = 0x1
 _NT_GNU_BUILD_ID = 3
 _MAX_NOTE_BYTES = 1 << 16  # build-id notes are tiny; a bigger note section is not worth reading
 _MAX_SECTION_NAMES_BYTES = 1 << 20  # .shstrtab is a few hundred bytes; more is corrupt
+# Memory estimates for ElfImage.nbytes (sys.getsizeof on CPython 3.11): the image with its
+# attribute dict, and the int objects of one header (four for a section, three for a
+# segment; most are beyond the small ints Python shares).
+_IMAGE_BYTES = 600
+_INT_BYTES = 32
 
 
 class ElfLoadError(Exception):
@@ -74,6 +81,22 @@ class ElfImage:
             raise
         except Exception as exc:  # pyelftools raises many types on corrupt input
             raise ElfLoadError(f"not a readable ELF file: {exc!r}") from exc
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Memory the headers hold (an estimate: the objects, their ints and names)."""
+        sections = sum(
+            sys.getsizeof(s) + sys.getsizeof(s.name) + 4 * _INT_BYTES for s in self.sections
+        )
+        segments = sum(sys.getsizeof(s) + 3 * _INT_BYTES for s in self.segments)
+        return (
+            _IMAGE_BYTES
+            + sys.getsizeof(self.sections)
+            + sections
+            + sys.getsizeof(self.segments)
+            + segments
+            + (sys.getsizeof(self.build_id) if self.build_id else 0)
+        )
 
     @property
     def has_symtab(self) -> bool:

@@ -3,16 +3,20 @@
 ``.symtab`` and ``.dynsym`` are read as whole byte blocks and viewed as numpy
 structured arrays (``Elf64_Sym`` / ``Elf32_Sym``); filtering, merging and
 sorting are vectorized. Names stay as offsets into the string tables and are
-decoded (and demangled) only for symbols that are actually looked up.
+decoded (and demangled) only for symbols that are actually looked up; demangled
+names are remembered by ``demangle`` (its cache is bounded in bytes), so a table's
+size is fixed once it is loaded (:attr:`ElfSymbolTable.nbytes`).
 """
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_right
 from collections.abc import Sequence
 
 import numpy as np
 
+from rover.byte_cache import INT_BYTES
 from rover.symbols.demangle import demangle
 from rover.symbols.elf_file import ElfImage, ElfLoadError, SectionHeader
 
@@ -25,6 +29,7 @@ _NO_END = np.iinfo(np.uint64).max
 # When an address is past the end of the symbol before it, look this many
 # symbols further back for one that contains it (symbols nested in others).
 _CONTAINING_SCAN = 4
+_TABLE_BYTES = 200  # the table object and its attributes' headers
 
 
 def _symbol_dtype(elf_class: int, little_endian: bool) -> np.dtype:
@@ -64,7 +69,6 @@ class ElfSymbolTable:
         self._priorities = (
             priorities if priorities is not None else np.zeros(len(starts), dtype=np.uint8)
         )
-        self._names: dict[int, str] = {}
 
     @classmethod
     def empty(cls) -> ElfSymbolTable:
@@ -73,6 +77,20 @@ class ElfSymbolTable:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the arrays, the string tables, and the two lists of Python ints
+        the single lookups bisect (a list slot and an int object per symbol and list)."""
+        arrays = (self._starts_arr, self._ends_arr, self._name_offsets, self._priorities)
+        lists = sys.getsizeof(self._starts) + sys.getsizeof(self._ends)
+        return (
+            _TABLE_BYTES
+            + sum(a.nbytes for a in arrays)
+            + lists
+            + 2 * len(self._starts) * INT_BYTES
+            + sys.getsizeof(self._strings)
+        )
 
     def lookup(self, vaddr: int) -> int:
         """Index of the symbol for ``vaddr``, or -1.
@@ -116,12 +134,8 @@ class ElfSymbolTable:
 
     def name(self, index: int) -> str:
         """The demangled name of symbol ``index`` ("" if the string table lacks it)."""
-        name = self._names.get(index)
-        if name is None:
-            raw = self.raw_name(index)
-            name = demangle(raw) if raw else ""
-            self._names[index] = name
-        return name
+        raw = self.raw_name(index)
+        return demangle(raw) if raw else ""
 
     def raw_name(self, index: int) -> str:
         """The name as stored, without a symbol version (``.symtab`` of a debug file

@@ -13,8 +13,12 @@ does not know makes us check the file's size (at most every
 or was replaced is read anew. Garbage lines are skipped and counted.
 
 Memory is bounded: 24 bytes a line (its range and where it is in the file;
-names are read back from the file when needed), at most :data:`_MAX_ENTRIES`
-lines a process (lines after those are not read, with one warning).
+names are read back from the file when needed), and the frames already named.
+The symbolizer keeps every process's map in one cache bounded in bytes
+(``cache.perf_map_bytes``, least recently used maps out first); one map reads
+at most half of that budget's worth of lines (and :data:`_MAX_ENTRIES`; lines
+after those are not read, with one warning) and remembers at most a quarter's
+worth of frames, so it always fits.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from rover.byte_cache import INT_BYTES
 from rover.hostfs import HostFS, ProcessGone
 from rover.profile import Frame, FrameKind
 from rover.symbols.demangle import demangle
@@ -40,6 +45,11 @@ _LINE = re.compile(
     re.MULTILINE,
 )
 _MAX_ENTRIES = 1 << 21  # lines kept per process, 24 bytes each (48 MiB); later ones are not read
+_LINE_BYTES = 24  # a line's start, end and file offset (uint64 each)
+# A remembered frame: its dict slot and int key, the Frame (a slotted dataclass of six
+# fields) and its name (the other fields are shared by every frame of the map).
+_FRAME_BYTES = 104 + INT_BYTES + 88 + 49 + 40
+_MAP_BYTES = 1024  # the map object, its open file and its (small) arrays' headers
 _CHUNK_BYTES = 4 << 20  # parsed at a time
 _NAME_READ_BYTES = 4096  # a name is read back up to this many bytes of its line
 _MAX_FRAMES = 1 << 16
@@ -123,10 +133,18 @@ class PerfMap:
     chunk's lines as Python objects.
     """
 
-    def __init__(self, hostfs: HostFS, pid: int, reporter: Reporter) -> None:
+    def __init__(
+        self, hostfs: HostFS, pid: int, reporter: Reporter, max_bytes: int | None = None
+    ) -> None:
+        """``max_bytes``: the budget this map must fit (the symbolizer's whole cache)."""
         self._hostfs = hostfs
         self._pid = pid
         self._reporter = reporter
+        self._max_entries = _MAX_ENTRIES
+        self._max_frames = _MAX_FRAMES
+        if max_bytes is not None:
+            self._max_entries = max(1, min(_MAX_ENTRIES, max_bytes // 2 // _LINE_BYTES))
+            self._max_frames = max(1, min(_MAX_FRAMES, max_bytes // 4 // _FRAME_BYTES))
         self._shown: str | None = None  # /tmp/perf-NSPID.map, as the process names it
         self._gone = False
         self._checked = float("-inf")
@@ -147,6 +165,11 @@ class PerfMap:
     def __len__(self) -> int:
         return len(self._base) + len(self._recent)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the lines' arrays and the frames remembered (see _FRAME_BYTES)."""
+        return _MAP_BYTES + _LINE_BYTES * len(self) + _FRAME_BYTES * len(self._frames)
+
     def frame(self, address: int, leaf: bool) -> Frame | None:
         """The JIT frame for ``address``, None when the map (re-checked if due) lacks it.
 
@@ -163,7 +186,7 @@ class PerfMap:
             return None
         shown = self._shown or ""
         frame = Frame(demangle(name), FrameKind.USER, posixpath.basename(shown), True, shown)
-        if len(self._frames) >= _MAX_FRAMES:
+        if len(self._frames) >= self._max_frames:
             self._frames.clear()
         self._frames[lookup] = frame
         return frame
@@ -289,19 +312,25 @@ class PerfMap:
             self._reporter.count("perf_maps_read")
         return changed or read_lines
 
+    def _entries(self) -> int:
+        return len(self._base) + sum(len(part[0]) for part in self._recent_parts)
+
     def _check_entries(self) -> bool:
         """Whether there is room for more lines; warns once when there is not."""
-        entries = len(self._base) + sum(len(part[0]) for part in self._recent_parts)
-        if entries < _MAX_ENTRIES:
+        if self._entries() < self._max_entries:
             return True
+        self._full()
+        return False
+
+    def _full(self) -> None:
         self._reporter.problem(
             ("perf map too big", self._where()),
             ("perf_map_errors",),
-            "perf map %s has over %d lines: the lines after those are not read",
+            "perf map %s has over %d lines: the lines after those are not read "
+            "(cache.perf_map_bytes bounds them)",
             self._where(),
-            _MAX_ENTRIES,
+            self._max_entries,
         )
-        return False
 
     def _appended_to(self, fd: int, st: os.stat_result) -> bool:
         """Whether the file is the one read before, grown: same inode, same first bytes,
@@ -318,6 +347,10 @@ class PerfMap:
         starts, sizes, offsets, garbage = parse_perf_map(chunk)
         if garbage:
             self._reporter.count("perf_map_bad_lines", garbage)
+        room = self._max_entries - self._entries()
+        if len(starts) > room:  # the rest is not kept
+            starts, sizes, offsets = starts[:room], sizes[:room], offsets[:room]
+            self._full()
         if len(starts):
             self._recent_parts.append((starts, starts + sizes, offsets + np.uint64(at)))
 

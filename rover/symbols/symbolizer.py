@@ -4,6 +4,11 @@ User frames come from each mapped file's symbols (its own tables, a separate
 debug file, MiniDebugInfo, Go's pclntab: see ``sources.py``) and, for JIT code
 in anonymous memory, from the process's perf map.
 
+What grows with the node's work is bounded in bytes: the files' tables
+(``cache.py``, ``symbol_table_bytes``), the processes' perf maps (one cache,
+``perf_map_bytes``: a map evicted is read again when its process next needs it)
+and the demangled names (``demangle.py``); :meth:`Symbolizer.caches` shows them.
+
 Bad input (a corrupt or missing file, a vanished process) never raises out of
 :meth:`Symbolizer.user_frames` or :meth:`Symbolizer.kernel_frames`: it is
 logged once, counted in :attr:`Symbolizer.counters`, and the frames fall back
@@ -17,10 +22,18 @@ import threading
 import time
 from collections.abc import Sequence
 
+from rover.byte_cache import ByteLru, CacheStats
 from rover.hostfs import HostFS, ProcessGone
 from rover.profile import Frame, FrameKind
+from rover.symbols import demangle
 from rover.symbols.address_space import AddressSpace, MappedModule, unknown_frame
-from rover.symbols.cache import ElfSymbols, ElfSymbolsCache, KnownBadFile, file_identity
+from rover.symbols.cache import (
+    DEFAULT_SYMBOL_TABLE_BYTES,
+    ElfSymbols,
+    ElfSymbolsCache,
+    KnownBadFile,
+    file_identity,
+)
 from rover.symbols.debug_files import DebugFiles
 from rover.symbols.elf_file import ElfImage, ElfLoadError
 from rover.symbols.elf_table import ElfSymbolTable
@@ -56,24 +69,49 @@ COUNTER_NAMES = (
 MAPS_REREAD_INTERVAL = 0.25  # seconds between re-reads of one process's maps that found nothing
 KERNEL_FILE = "[kernel.kallsyms]"  # what Frame.file says for core kernel frames, as perf does
 _MAX_KERNEL_FRAMES = 1 << 16
+DEFAULT_PERF_MAP_BYTES = 12 << 20  # cache.perf_map_bytes
 
 
 class Symbolizer:
-    """Symbolizes user stacks per process and kernel stacks, sharing file tables."""
+    """Symbolizes user stacks per process and kernel stacks, sharing file tables.
 
-    def __init__(self, hostfs: HostFS | None = None, kallsyms_path: str | None = None) -> None:
+    ``symbol_table_bytes`` and ``perf_map_bytes`` bound its caches (the agent's
+    ``cache`` settings).
+    """
+
+    def __init__(
+        self,
+        hostfs: HostFS | None = None,
+        kallsyms_path: str | None = None,
+        symbol_table_bytes: int = DEFAULT_SYMBOL_TABLE_BYTES,
+        perf_map_bytes: int = DEFAULT_PERF_MAP_BYTES,
+    ) -> None:
         self._hostfs = hostfs or HostFS()
         self._kallsyms_path = kallsyms_path or str(self._hostfs.host_path("/proc/kallsyms"))
         self._kernel: KernelSymbols | None = None
         self._kernel_frames: dict[int, Frame] = {}
         self._reporter = Reporter(COUNTER_NAMES)
         self.counters = self._reporter.counters
-        self._files = ElfSymbolsCache(reporter=self._reporter)
+        self._files = ElfSymbolsCache(symbol_table_bytes, reporter=self._reporter)
         self._debug_files = DebugFiles(self._hostfs, self._reporter)
         self._spaces: dict[int, AddressSpace] = {}
-        self._perf_maps: dict[int, PerfMap] = {}
+        self._perf_map_bytes = perf_map_bytes
+        self._perf_maps: ByteLru[int, PerfMap] = ByteLru(
+            "perf_maps", perf_map_bytes, self._perf_map_evicted
+        )
+        self._perf_map_sizes: dict[int, int] = {}  # bytes each map was last charged
         # One lock for everything: callers (drain loop, process discovery) may be threads.
         self._lock = threading.RLock()
+
+    def caches(self) -> list[CacheStats]:
+        """The symbolizer's caches: file tables, perf maps, demangled names, debug-link
+        CRCs (each read under its own lock: a scrape never waits for a symbolization)."""
+        return [
+            self._files.stats(),
+            self._perf_maps.stats(),
+            demangle.cache_stats(),
+            self._debug_files.cache_stats(),
+        ]
 
     # -- user space ---------------------------------------------------------
 
@@ -137,7 +175,8 @@ class Symbolizer:
         """Drop what is kept for ``pid`` (its maps); shared file tables stay."""
         with self._lock:
             self._spaces.pop(pid, None)
-            perf_map = self._perf_maps.pop(pid, None)
+            self._perf_map_sizes.pop(pid, None)
+            perf_map = self._perf_maps.pop(pid)
             if perf_map is not None:
                 perf_map.close()
 
@@ -168,15 +207,32 @@ class Symbolizer:
             return old
         known = old.module_map() if old is not None else {}
         modules = [known.get(m) or self._load_module(pid, m) for m in mappings]
-        space = self._spaces[pid] = AddressSpace(text, modules, self._perf_map(pid))
+        space = self._spaces[pid] = AddressSpace(
+            text, modules, lambda address, leaf: self._jit_frame(pid, address, leaf)
+        )
         return space
 
-    def _perf_map(self, pid: int) -> PerfMap:
-        # Kept across maps re-reads; it reads nothing until an address needs it.
+    def _perf_map_evicted(self, pid: int, perf_map: PerfMap) -> None:
+        perf_map.close()
+        self._perf_map_sizes.pop(pid, None)
+
+    def _jit_frame(self, pid: int, address: int, leaf: bool) -> Frame | None:
+        """The frame ``pid``'s perf map gives ``address``. The map is made (reading
+        nothing yet) when first needed, or again after the cache evicted it; it is kept
+        across maps re-reads, and charged again whenever it grew."""
         perf_map = self._perf_maps.get(pid)
         if perf_map is None:
-            perf_map = self._perf_maps[pid] = PerfMap(self._hostfs, pid, self._reporter)
-        return perf_map
+            perf_map = PerfMap(self._hostfs, pid, self._reporter, self._perf_map_bytes)
+            self._perf_map_sizes.pop(pid, None)
+        frame = perf_map.frame(address, leaf)
+        size = perf_map.nbytes
+        if self._perf_map_sizes.get(pid) != size:
+            if self._perf_maps.put(pid, perf_map, size):
+                self._perf_map_sizes[pid] = size
+            else:  # only with a budget of a few KiB: a map fits its budget (perf_map.py)
+                perf_map.close()
+                self._perf_map_sizes.pop(pid, None)
+        return frame
 
     def _load_module(self, pid: int, mapping: Mapping) -> MappedModule:
         symbols = None

@@ -15,6 +15,8 @@ while a thread uses it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import threading
 from collections import Counter
@@ -23,10 +25,13 @@ from collections.abc import Callable, Iterator
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError
+from rover.byte_cache import CacheStats
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
-from rover.unwind.kernel_tables import DEFAULT_TABLE_BYTES
+from rover.symbols.debug_files import DEBUG_FILE_CRC_BYTES
+from rover.unwind.kernel_tables import DEFAULT_TABLE_BYTES, KernelTables
 from rover.unwind.modes import UNWIND_MODES, make_engine
+from rover.unwind.tables import DEFAULT_CFI_TABLE_BYTES, UnwindInfoCache
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class EngineSet:
         unwind: str = "frame_pointer",
         table_bytes: int = DEFAULT_TABLE_BYTES,
         hostfs: HostFS | None = None,
+        cfi_table_bytes: int = DEFAULT_CFI_TABLE_BYTES,
     ) -> None:
         if unwind not in UNWIND_MODES:
             raise ValueError(f"unknown unwinding mode {unwind!r}; expected one of {UNWIND_MODES}")
@@ -50,6 +56,9 @@ class EngineSet:
         self.unwind = unwind
         self._table_bytes = table_bytes
         self._hostfs = hostfs
+        # The files' decoded CFI, shared by both engines' unwinding (user space).
+        self._cfi_cache = UnwindInfoCache(cfi_table_bytes)
+        self._kernel_tables: dict[ProfileType, KernelTables] = {}
         self._engines: dict[ProfileType, ProfilerEngine] = {}
         self._refs: dict[ProfileType, Counter[int]] = {}
         self._lock = threading.Lock()  # held to load, attach, change filters or close
@@ -64,14 +73,20 @@ class EngineSet:
             if engine is None:
                 if self._headers is None:
                     self._headers = self._find_headers()
-                engine = make_engine(
-                    profile_type,
-                    self._headers,
-                    self.config,
-                    self.unwind,
-                    self._hostfs,
-                    self._table_bytes,
-                )
+                try:
+                    engine = make_engine(
+                        profile_type,
+                        self._headers,
+                        self.config,
+                        self.unwind,
+                        self._hostfs,
+                        self._table_bytes,
+                        self._cfi_cache,
+                        functools.partial(self._kernel_tables.__setitem__, profile_type),
+                    )
+                except BaseException:
+                    self._kernel_tables.pop(profile_type, None)  # made, then closed
+                    raise
                 log.info(
                     "%s engine (%s unwinding) loaded with %s",
                     profile_type.value,
@@ -125,6 +140,31 @@ class EngineSet:
         with self._held():
             return dict(self._engines)
 
+    def caches(self) -> list[CacheStats]:
+        """The CFI tables (user space) and each profiling type's unwind rows in the kernel
+        (``profiling.unwind_table_bytes``; zeros until its engine walks CFI)."""
+        found = [self._cfi_cache.stats()]
+        for profile_type in ProfileType:
+            suffix = profile_type.name.lower()
+            # Read without the lock: a compile may hold it for seconds, and a scrape must
+            # not wait.
+            tables = self._kernel_tables.get(profile_type)
+            rows = CacheStats(f"kernel_unwind_rows_{suffix}", self._table_bytes, 0, 0)
+            crcs = CacheStats(f"debug_file_crcs_unwinding_{suffix}", DEBUG_FILE_CRC_BYTES, 0, 0)
+            if tables is not None:
+                rows = CacheStats(
+                    rows.name,
+                    tables.budget_bytes,
+                    tables.used_bytes,
+                    tables.files,
+                    tables.counters.get("unwind_files_evicted", 0),
+                    tables.counters.get("unwind_tables_over_budget", 0),
+                )
+                own = tables.spaces.debug_file_crcs()
+                crcs = dataclasses.replace(own, name=crcs.name) if own is not None else crcs
+            found += [rows, crcs]
+        return found
+
     def stop_loading(self) -> None:
         """From now on no program is loaded; a compile running now still completes."""
         self._loading_stopped.set()
@@ -152,6 +192,7 @@ class EngineSet:
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
+        self._kernel_tables.clear()
         self._refs.clear()
 
     def _refuse_if_stopped(self) -> None:

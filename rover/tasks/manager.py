@@ -78,8 +78,10 @@ class TaskManager:
         self.hostfs = hostfs or HostFS()
         self.clock = clock
         self._runs: dict[tuple, TaskRun] = {}
-        self._finished: set[tuple] = set()  # (task_id, identity, start) already run
-        self._unsupported_logged: set[str] = set()
+        # (task_id, identity, start) already run -> the task's end time: kept until then,
+        # after which the task is expired anyway (so the memory follows the live tasks)
+        self._finished: dict[tuple, int] = {}
+        self._unsupported_logged: dict[str, int] = {}  # task id -> its end time, likewise
         self._lock = threading.RLock()
         self.counters: dict[str, int] = defaultdict(int)
 
@@ -130,7 +132,7 @@ class TaskManager:
     def _accept(self, task: ProfilingTask, pids: dict[str, int]) -> None:
         if not task.supported:
             if task.task_id not in self._unsupported_logged:
-                self._unsupported_logged.add(task.task_id)
+                self._unsupported_logged[task.task_id] = task.end_time_ms
                 log.warning(
                     "task %s: target type %s is not supported by this agent; skipped",
                     task.task_id,
@@ -216,7 +218,8 @@ class TaskManager:
 
     def _forget(self, run: TaskRun) -> None:
         task = run.task
-        self._finished.add((task.task_id, task.identity, task.start_time_ms))
+        self._forget_expired()
+        self._finished[(task.task_id, task.identity, task.start_time_ms)] = task.end_time_ms
         if self._runs.get(task.identity) is run:
             del self._runs[task.identity]
         for process_id in run.pids:
@@ -224,6 +227,15 @@ class TaskManager:
         in_use = {pid for r in self._runs.values() for pid in r.pids.values()}
         for pid in set(run.pids.values()) - in_use:
             self.symbolizer.forget(pid)
+
+    def _forget_expired(self) -> None:
+        """Drop what is remembered of tasks past their end time: ``_accept`` skips such a
+        task anyway."""
+        now = self._now_ms()
+        self._finished = {k: end for k, end in self._finished.items() if end >= now}
+        self._unsupported_logged = {
+            k: end for k, end in self._unsupported_logged.items() if end >= now
+        }
 
     # -- draining and uploading ---------------------------------------------
     def flush(self) -> None:

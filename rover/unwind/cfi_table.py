@@ -11,6 +11,7 @@ are stored once however many functions use them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from rover.unwind.cfi import NO_CFI, UNKNOWN
 Rule = tuple[int, int, int, int]
 NO_RULE: Rule = (NO_CFI, 0, 0, UNKNOWN)
 _MEMO_LIMIT = 1 << 15
+_TABLE_BYTES = 600  # the table object and its five arrays' headers
 
 
 class CfiTable:
@@ -110,8 +112,12 @@ class CfiTable:
 
     @property
     def nbytes(self) -> int:
+        """Memory held: the arrays and the expressions (21 bytes a row). The lookup memo
+        of the reference unwinder (:meth:`lookup`, which the agent never calls) is not
+        counted."""
         arrays = (self.pcs, self.kinds, self.cfa_offsets, self.ra_offsets, self.rbp_offsets)
-        return sum(a.nbytes for a in arrays) + sum(len(e) for e in self.expressions)
+        expressions = sys.getsizeof(self.expressions) + sum(map(sys.getsizeof, self.expressions))
+        return _TABLE_BYTES + sum(a.nbytes for a in arrays) + expressions
 
     def rules_at(self, pcs: np.ndarray) -> np.ndarray:
         """The rule in effect at each of ``pcs``, as an (n, 4) int64 array (:meth:`lookup`

@@ -10,6 +10,8 @@ the processes of a profiling type, whatever their mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rover.bpf.engine import EngineConfig, ProfilerEngine, UnwindChoice, WalkTables
 from rover.bpf.headers import KernelHeaders
 from rover.hostfs import HostFS
@@ -17,6 +19,7 @@ from rover.profile import ProfileType
 from rover.unwind.frame_pointers import EH_FRAME, FRAME_POINTER, choose_unwind
 from rover.unwind.kernel_tables import DEFAULT_TABLE_BYTES, KernelTables
 from rover.unwind.process_space import ProcessSpaces
+from rover.unwind.tables import UnwindInfoCache
 
 AUTO = "auto"
 UNWIND_MODES = (AUTO, FRAME_POINTER, EH_FRAME)
@@ -29,8 +32,15 @@ def make_engine(
     unwind: str = FRAME_POINTER,
     hostfs: HostFS | None = None,
     table_bytes: int = DEFAULT_TABLE_BYTES,
+    cfi_cache: UnwindInfoCache | None = None,
+    on_tables: Callable[[KernelTables], None] | None = None,
 ) -> ProfilerEngine:
-    """An engine for ``unwind`` (one of UNWIND_MODES); raises what loading raises."""
+    """An engine for ``unwind`` (one of UNWIND_MODES); raises what loading raises.
+
+    ``cfi_cache`` holds the files' decoded CFI (shared by the engines of one agent;
+    default: one of the engine's own); ``on_tables`` is given the kernel tables when
+    the CFI walk loads (for metrics).
+    """
     if unwind == FRAME_POINTER:
         return ProfilerEngine(profile_type, headers, config)
     hostfs = hostfs or HostFS()
@@ -48,6 +58,10 @@ def make_engine(
         raise ValueError(f"unknown unwinding mode {unwind!r}; expected one of {UNWIND_MODES}")
 
     def tables(bpf) -> WalkTables:  # noqa: ANN001 - the loaded program
-        return KernelTables(bpf, ProcessSpaces(hostfs), table_bytes, config.max_files)
+        spaces = ProcessSpaces(hostfs, cfi_cache)
+        made = KernelTables(bpf, spaces, table_bytes, config.max_files)
+        if on_tables is not None:
+            on_tables(made)
+        return made
 
     return ProfilerEngine(profile_type, headers, config, choose, tables)

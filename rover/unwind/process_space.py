@@ -11,13 +11,13 @@ samples taken just before an exit still unwind.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from rover.byte_cache import CacheStats
 from rover.hostfs import HostFS, ProcessGone
 from rover.symbols.cache import FileIdentity, KnownBadFile, file_identity
 from rover.symbols.debug_files import DebugFiles
@@ -34,8 +34,6 @@ from rover.unwind.tables import (
     UnwindInfoCache,
     read_debug_frame,
 )
-
-log = logging.getLogger(__name__)
 
 _REREAD_INTERVAL = 1.0  # seconds between maps re-reads of one process for unknown addresses
 PRELOAD_BUDGET_S = 1.0  # tables loaded when a process is added, at most this long
@@ -94,11 +92,11 @@ class ProcessSpaces:
         self.hostfs = hostfs or HostFS()
         self.cache = cache or UnwindInfoCache()
         self._spaces: dict[int, ProcessSpace] = {}
-        self._reported: set[tuple[str, int, str]] = set()
-        reporter = Reporter(COUNTER_NAMES)
-        self.counters: dict[str, int] = reporter.counters
+        # Reports each bad file once (remembering a bounded number of them).
+        self._reporter = Reporter(COUNTER_NAMES)
+        self.counters: dict[str, int] = self._reporter.counters
         self._debug_files = (
-            DebugFiles(self.hostfs, reporter, "debug_frame_errors", None, "unwinding")
+            DebugFiles(self.hostfs, self._reporter, "debug_frame_errors", None, "unwinding")
             if debug_files
             else None
         )
@@ -234,13 +232,14 @@ class ProcessSpaces:
                 raise
             return stream, st
 
+    def debug_file_crcs(self) -> CacheStats | None:
+        """The debug-link CRCs of the unwinding's debug-file search (None: no search)."""
+        return self._debug_files.cache_stats() if self._debug_files is not None else None
+
     def _report(self, mapping: Mapping, exc: BaseException) -> None:
-        key = (mapping.dev, mapping.inode, mapping.path)
-        if key in self._reported:
-            return
-        self._reported.add(key)
-        self.counters["cfi_load_errors"] += 1
-        log.warning(
+        self._reporter.problem(
+            ("no unwind tables", mapping.dev, mapping.inode, mapping.path),
+            ("cfi_load_errors",),
             "no unwind tables for %s (%s); its frames fall back to frame pointers",
             mapping.path,
             exc,

@@ -13,13 +13,18 @@ Tables are keyed like the symbol tables (``rover.symbols.cache``): by GNU build
 id when the file has one, and by on-disk identity; files that failed are
 remembered so a corrupt library is parsed and reported once. A table built
 without the debug file it looked for is replaced when another copy of the same
-build (another container) has one.
+build (another container) has one. The cache is bounded in bytes
+(``cache.cfi_table_bytes``; least recently used tables go first): it keeps the
+tables of files no profiled process maps any more, so the next process of the
+same program needs no new decode; a process being profiled holds its files'
+tables itself while it is.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 _SHF_COMPRESSED = 0x800
 _ELFCOMPRESS_ZLIB = 1
 _MAX_CFI_BYTES = 256 << 20  # libLLVM's .eh_frame is 5 MiB; far more is a corrupt header
+DEFAULT_CFI_TABLE_BYTES = 12 << 20  # cache.cfi_table_bytes
 
 EH_FRAME = ".eh_frame"
 DEBUG_FRAME = ".debug_frame"
@@ -67,6 +73,16 @@ class FileUnwindInfo:
     sources: tuple[str, ...] = ()  # what gave rows, in order of precedence (EH_FRAME...)
     # False when a separate debug file was looked for and not found.
     complete: bool = True
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the table's arrays and expressions, the headers, the messages."""
+        return (
+            self.table.nbytes
+            + self.image.nbytes
+            + sum(sys.getsizeof(e) for e in self.errors)
+            + sys.getsizeof(self.errors)
+        )
 
 
 def load_unwind_info(
@@ -220,10 +236,19 @@ def _inflate(image: ElfImage, name: str, data: bytes) -> bytes:
 
 
 class UnwindInfoCache(PerFileCache[FileUnwindInfo]):
-    """Loads each file's CFI once; keyed by identity and build id (see module docstring)."""
+    """Loads each file's CFI once; keyed by identity and build id (see module docstring).
 
-    def __init__(self, capacity: int = 256) -> None:
-        super().__init__(capacity)
+    Thread-safe: the loader threads of both profiling types share one.
+    """
+
+    def __init__(self, budget_bytes: int = DEFAULT_CFI_TABLE_BYTES) -> None:
+        super().__init__("cfi_tables", budget_bytes, "cache.cfi_table_bytes")
+
+    def _nbytes(self, value: FileUnwindInfo) -> int:
+        return value.nbytes
+
+    def _build_id(self, value: FileUnwindInfo) -> str | None:
+        return value.image.build_id
 
     def load(
         self,
@@ -242,7 +267,7 @@ class UnwindInfoCache(PerFileCache[FileUnwindInfo]):
     def _unwind_info(
         self, stream: BinaryIO, image: ElfImage, find_debug: FindDebugFrame | None
     ) -> FileUnwindInfo:
-        found = self._by_build_id.get(image.build_id) if image.build_id else None
+        found = self._by_build_id(image.build_id) if image.build_id else None
         if found is not None and not found.complete and find_debug is not None:
             rows = find_debug(image)
             if rows is not None:  # this copy has the debug file the cached one lacked
@@ -259,6 +284,4 @@ class UnwindInfoCache(PerFileCache[FileUnwindInfo]):
                 len(found.errors),
                 found.errors[0],
             )
-        if image.build_id:
-            self._by_build_id.put(image.build_id, found)
         return found

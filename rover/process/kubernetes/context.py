@@ -4,9 +4,9 @@ service-discovery documentation)."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
+from rover.byte_cache import ByteLru, CacheStats, str_bytes
 from rover.process.agent_host import AgentHost
 from rover.process.context import PROCESS, ROVER, ProcessView
 from rover.process.kubernetes.labels import LabelSelector
@@ -82,9 +82,22 @@ class PodView:
         return None
 
 
-@functools.lru_cache(maxsize=256)
+# Parsed ``.Pod.LabelSelector`` arguments. An entry is charged its text four times over:
+# the text, and the keys, operators and values parsed from it (each a string of its own).
+_SELECTORS: ByteLru[str, LabelSelector] = ByteLru("label_selectors", 256 << 10)
+_SELECTOR_BYTES = 200  # the selector and its tuple of requirements, besides the strings
+
+
 def _parse_selector(selector: str) -> LabelSelector:
-    return LabelSelector.parse(selector)
+    parsed = _SELECTORS.get(selector)
+    if parsed is None:
+        parsed = LabelSelector.parse(selector)
+        _SELECTORS.put(selector, parsed, 4 * str_bytes(selector) + _SELECTOR_BYTES)
+    return parsed
+
+
+def selector_cache_stats() -> CacheStats:
+    return _SELECTORS.stats()
 
 
 CONTAINER = ObjectType(

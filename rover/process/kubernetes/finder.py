@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
+from rover.byte_cache import CacheStats
 from rover.config import KubernetesConfig
 from rover.hostfs import HostFS
 from rover.process.agent_host import AgentHost
@@ -25,7 +26,13 @@ from rover.process.finder import FinderConfigError
 from rover.process.kubernetes.analyzer import Analyzer
 from rover.process.kubernetes.cgroup import container_from_cgroup_file
 from rover.process.kubernetes.client import load_api_client
-from rover.process.kubernetes.context import KUBERNETES_DATA, ContainerView, KubernetesData, PodView
+from rover.process.kubernetes.context import (
+    KUBERNETES_DATA,
+    ContainerView,
+    KubernetesData,
+    PodView,
+    selector_cache_stats,
+)
 from rover.process.kubernetes.model import (
     PodContainer,
     PodInfo,
@@ -34,7 +41,7 @@ from rover.process.kubernetes.model import (
     service_from_api,
     service_names,
 )
-from rover.process.kubernetes.owner import OwnerResolver
+from rover.process.kubernetes.owner import DEFAULT_OWNER_BYTES, OwnerResolver
 from rover.process.kubernetes.watch import Reflector
 from rover.process.log_once import OncePerProcess
 from rover.process.model import DiscoveredProcess, ProcessKind
@@ -69,10 +76,12 @@ class KubernetesFinder:
         cluster_name: str = "",
         host_ip: str | None = None,
         watch: WatchSettings | None = None,
+        owner_cache_bytes: int = DEFAULT_OWNER_BYTES,
     ) -> None:
         """Compiles the analyzers (``FinderConfigError``/``TemplateError`` on bad config) and
         connects the client (``KubernetesConnectError``); watching begins at :meth:`start`.
-        Without ``api_client`` the in-cluster service account or a kubeconfig is used."""
+        Without ``api_client`` the in-cluster service account or a kubeconfig is used.
+        ``owner_cache_bytes`` bounds the pods' owners read from the API server."""
         if not config.node_name.strip():
             raise FinderConfigError(
                 "kubernetes.node_name must be set (in a DaemonSet: from spec.nodeName)"
@@ -85,7 +94,7 @@ class KubernetesFinder:
         self._node_name = config.node_name.strip()
         self._owns_client = api_client is None
         self._api_client = api_client or load_api_client()
-        self._owners = OwnerResolver(self._api_client)
+        self._owners = OwnerResolver(self._api_client, budget_bytes=owner_cache_bytes)
         self._pods, self._services = self._reflectors(config, watch or WatchSettings())
         self._service_names: tuple[tuple[int, ...], dict[tuple[str, str], str]] = ((), {})
         self._profiling = ProfilingSupport(self._hostfs)
@@ -147,6 +156,10 @@ class KubernetesFinder:
         if self._owns_client:
             self._api_client.close()
 
+    def caches(self) -> list[CacheStats]:
+        """The pods' owners and the parsed label selectors (``rover.byte_cache.HasCaches``)."""
+        return [self._owners.stats(), selector_cache_stats()]
+
     @property
     def synced(self) -> bool:
         """Whether every watched collection has been listed at least once."""
@@ -168,7 +181,9 @@ class KubernetesFinder:
             # for a whole scan period: answer nothing until the view is complete.
             return []
         containers = self._running_containers()
-        if not containers:
+        if not containers:  # no process of ours is alive: forget them all
+            self._profiling.retain(set())
+            self._once.retain(set())
             return []
         listing = scan_host_processes(self._hostfs)
         self.last_scan_vanished = listing.vanished
@@ -195,6 +210,7 @@ class KubernetesFinder:
             services = [s for _, items in service_snapshots for s in items]
             self._service_names = (versions, service_names(pods, services))
         names = self._service_names[1]
+        self._owners.retain(pods)  # the owners of deleted pods go with them
         containers: dict[str, PodContainer] = {}
         for pod in pods:
             if pod.node_name != self._node_name:
