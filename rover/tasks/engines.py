@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError
+from rover.bpf.program import cancel_compiles
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
 from rover.unwind.kernel_tables import DEFAULT_TABLE_BYTES
@@ -126,8 +127,9 @@ class EngineSet:
             return dict(self._engines)
 
     def stop_loading(self) -> None:
-        """From now on no program is loaded; a compile running now still completes."""
+        """From now on no program is loaded; a compile running now is cancelled."""
         self._loading_stopped.set()
+        cancel_compiles()
 
     def close(self, timeout: float | None = None) -> bool:
         """Detach and free every engine; nothing loads afterwards.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from rover.bpf.engine import EngineConfig, ProfilerEngine, UnwindChoice, WalkTables
 from rover.bpf.headers import KernelHeaders
+from rover.bpf.program import LoadedProgram
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
 from rover.unwind.frame_pointers import EH_FRAME, FRAME_POINTER, choose_unwind
@@ -47,7 +48,7 @@ def make_engine(
     else:
         raise ValueError(f"unknown unwinding mode {unwind!r}; expected one of {UNWIND_MODES}")
 
-    def tables(bpf) -> WalkTables:  # noqa: ANN001 - the loaded program
-        return KernelTables(bpf, ProcessSpaces(hostfs), table_bytes, config.max_files)
+    def tables(program: LoadedProgram) -> WalkTables:
+        return KernelTables(program, ProcessSpaces(hostfs), table_bytes, config.max_files)
 
     return ProfilerEngine(profile_type, headers, config, choose, tables)
