@@ -350,7 +350,9 @@ def _load_engine(
 
     config = EngineConfig(frequency=request.frequency)
     try:
-        engine = make_engine(profile_type, headers, config, request.unwind, hostfs=hostfs)
+        engine = make_engine(
+            profile_type, headers, config, request.unwind, hostfs=hostfs, warm_pids=request.pids
+        )
     except BPFLoadError as exc:
         reason = str(exc).splitlines()[0]
         raise RuntimeFailure(f"{reason} (run `rover check` for details)") from None

@@ -245,6 +245,11 @@ class ProfilerEngine:
         return self._program is None
 
     @property
+    def compiled_here(self) -> str | None:
+        """Why the program was compiled in this process (None: by the compile helper)."""
+        return self._program.compiled_here if self._program is not None else None
+
+    @property
     def walks_cfi(self) -> bool:
         """Whether processes can be unwound by CFI here (the walk program loaded)."""
         return self._tables is not None

@@ -84,6 +84,7 @@ class LoadedProgram:
 
     name: str
     handover: Handover
+    compiled_here: str | None = None  # why, when the helper could not compile it
     _maps: dict[str, BpfMap] = field(default_factory=dict)
     _attachments: list[int] = field(default_factory=list)
 
@@ -171,7 +172,7 @@ def load_program(spec: ProgramSpec, headers: KernelHeaders) -> LoadedProgram:
                 return LoadedProgram(spec.source, compile_in_helper(spec, headers))
             except HelperUnavailable as exc:
                 log.warning("compiling %s.c in the agent: the compile helper %s", spec.source, exc)
-                return LoadedProgram(spec.source, compile_here(spec, headers))
+                return LoadedProgram(spec.source, compile_here(spec, headers), str(exc))
             except HelperDied as exc:
                 if attempt == HELPER_ATTEMPTS:
                     raise BPFLoadError(
@@ -264,7 +265,7 @@ def _receive(
     sock.settimeout(timeout)
     started = time.monotonic()
     try:
-        message, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS)
+        message, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
     except TimeoutError:
         raise BPFLoadError(f"compiling {spec.source}.c took over {timeout:.0f}s") from None
     except ConnectionResetError:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import KernelHeaders
@@ -58,8 +58,9 @@ class EngineSet:
         self._loading_stopped = threading.Event()
         self._orphaned = False  # close() gave up waiting: the holder of _lock frees all
 
-    def engine(self, profile_type: ProfileType) -> ProfilerEngine:
-        """The engine for ``profile_type``, loading it on first use (raises on failure)."""
+    def engine(self, profile_type: ProfileType, warm_pids: Sequence[int] = ()) -> ProfilerEngine:
+        """The engine for ``profile_type``, loading it on first use (raises on failure;
+        the unwind tables of ``warm_pids`` are decoded meanwhile)."""
         with self._loading():
             engine = self._engines.get(profile_type)
             if engine is None:
@@ -72,6 +73,7 @@ class EngineSet:
                     self.unwind,
                     self._hostfs,
                     self._table_bytes,
+                    warm_pids,
                 )
                 log.info(
                     "%s engine (%s unwinding) loaded with %s",
@@ -84,7 +86,7 @@ class EngineSet:
             return engine
 
     def acquire(self, profile_type: ProfileType, pid: int) -> None:
-        engine = self.engine(profile_type)
+        engine = self.engine(profile_type, (pid,))
         with self._loading():
             refs = self._refs[profile_type]
             if refs[pid] == 0:
