@@ -169,10 +169,12 @@ class Agent:
             PeriodicLoop("heartbeat", pd.heartbeat_period, self.heartbeat),
         ]
         if prof.active:
+            flush = PeriodicLoop("profiling-flush", prof.flush_interval, self.tasks.flush)
+            self.tasks.flush_within = lambda seconds: flush.run_by(time.monotonic() + seconds)
             loops += [
                 PeriodicLoop("task-query", prof.check_interval, self.poller.poll),
                 PeriodicLoop("task-scheduler", SCHEDULER_PERIOD, self.tasks.tick),
-                PeriodicLoop("profiling-flush", prof.flush_interval, self.tasks.flush),
+                flush,
             ]
         return loops
 

@@ -140,8 +140,14 @@ def _can_profile(
         reason = str(exc).splitlines()[0]
         return [CheckResult(name, False, reason), CheckResult(walk, False, reason)]
     walks = engine.walks_cfi
+    compiled_here = engine.compiled_here
     engine.close()
-    loaded = CheckResult(name, True, "program compiled, loaded and attached")
+    where = (
+        "in a helper process"
+        if compiled_here is None
+        else f"in this process, not by the helper, which {compiled_here}"
+    )
+    loaded = CheckResult(name, True, f"program compiled ({where}), loaded and attached")
     if walks:
         return [loaded, CheckResult(walk, True, "CFI stack walk verified by the kernel")]
     refused = (

@@ -318,13 +318,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _status(args, f"kernel headers: {headers.describe_for_user()}")
     _status(
         args,
-        f"compiling the {profile_type.value} BPF program "
-        "(a few seconds; Ctrl-C now stops the run as soon as it is compiled)",
+        f"compiling the {profile_type.value} BPF program (a few seconds)",
     )
     if stop.is_set():
         return _stopped_before_sampling(request, profile_type)
-    engine = _load_engine(request, profile_type, headers, hostfs)
-    if stop.is_set():  # the signal came during the compile, which cannot be interrupted
+    try:
+        engine = _load_engine(request, profile_type, headers, hostfs)
+    except RuntimeFailure:
+        if stop.is_set():  # the signal cancelled the compile
+            return _stopped_before_sampling(request, profile_type)
+        raise
+    if stop.is_set():  # the signal came as the compile ended
         engine.close()
         return _stopped_before_sampling(request, profile_type)
     symbolizer = Symbolizer(
@@ -371,7 +375,13 @@ def _load_engine(
     cfi_cache = UnwindInfoCache((request.caches or CacheConfig()).cfi_table_bytes)
     try:
         engine = make_engine(
-            profile_type, headers, config, request.unwind, hostfs=hostfs, cfi_cache=cfi_cache
+            profile_type,
+            headers,
+            config,
+            request.unwind,
+            hostfs=hostfs,
+            cfi_cache=cfi_cache,
+            warm_pids=request.pids,
         )
     except BPFLoadError as exc:
         reason = str(exc).splitlines()[0]
@@ -387,7 +397,7 @@ def _stopped_before_sampling(request: ProfileRequest, profile_type: ProfileType)
     profile = Profile.new(profile_type, start_time_ns=time.time_ns())
     print(
         "stopped before sampling started (the signal came during start-up or the BPF "
-        "compile, which cannot be interrupted): the output holds no samples",
+        "compile): the output holds no samples",
         file=sys.stderr,
     )
     written = _write_output(profile, request.output, request.value)
@@ -440,6 +450,9 @@ def _print_summary(profile, path: str, elapsed: float, value: str | None = None)
 def _install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum: int, frame: object) -> None:
         stop.set()
+        from rover.bpf.program import cancel_compiles
+
+        cancel_compiles()  # a compile under way ends now, not in seconds
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)

@@ -34,6 +34,8 @@ class PeriodicLoop:
         self.runs = 0
         self.failures = 0
         self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._soon: float | None = None  # an earlier run asked for (run_by)
         self._thread: threading.Thread | None = None
         self._last_error = ""
 
@@ -43,14 +45,32 @@ class PeriodicLoop:
 
     def _run(self) -> None:
         next_run = self._clock()
-        while not self._stop.is_set():
+        while True:
+            with self._wake:
+                while not self._stop.is_set():
+                    now = self._clock()
+                    due = next_run if self._soon is None else min(next_run, self._soon)
+                    if due <= now:
+                        break
+                    self._wake.wait(due - now)
+                if self._stop.is_set():
+                    return
+                now = self._clock()
+                if self._soon is not None and self._soon <= now:
+                    self._soon = None
+                if next_run <= now:  # a regular run (else an early one: the cadence stays)
+                    next_run += self.period
+                    if next_run <= now:  # fell behind (a slow call): do not burst to catch up
+                        next_run = now + self.period
             self.run_once()
-            next_run += self.period
-            delay = next_run - self._clock()
-            if delay < 0:  # fell behind (a slow call): do not burst to catch up
-                next_run = self._clock()
-                delay = 0
-            self._stop.wait(delay)
+
+    def run_by(self, when: float) -> None:
+        """Run once no later than ``when`` (this loop's clock), besides the regular runs:
+        e.g. a profiling task's first flush soon after it starts."""
+        with self._wake:
+            if self._soon is None or when < self._soon:
+                self._soon = when
+            self._wake.notify()
 
     def run_once(self) -> None:
         try:
@@ -69,6 +89,8 @@ class PeriodicLoop:
     def request_stop(self) -> None:
         """Ask the loop to end after its current run, without waiting (to stop many at once)."""
         self._stop.set()
+        with self._wake:
+            self._wake.notify()
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the thread to end; True when it has."""

@@ -27,7 +27,7 @@ apt_install() {
 # Runtime: bcc from Debian (never the unrelated PyPI "bcc"); build tools for test workloads;
 # chromium + chromedriver for the flame graph browser tests.
 apt_install python3 python3-venv python3-pip python3-bpfcc libbpfcc binutils gcc g++ make \
-  util-linux mount golang-go chromium chromium-driver fonts-dejavu-core ca-certificates nginx-core wrk
+  util-linux mount bpftool golang-go chromium chromium-driver fonts-dejavu-core ca-certificates nginx-core wrk
 command -v rustc >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/rustc" ] || apt_install rustc
 # node runs a JIT workload with --perf-basic-prof; npm fetches speedscope for the tests that
 # check our files against its schema and app.

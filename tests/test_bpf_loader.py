@@ -1,11 +1,10 @@
 """The BPF loader: compiler errors are shown on failure, and nothing is left in /tmp."""
 
-import tempfile
-
 import pytest
 
 from rover.bpf.headers import HeaderSearch
-from rover.bpf.loader import BPFLoadError, load_program
+from rover.bpf.loader import BPFLoadError
+from rover.bpf.program import ProgramSpec, load_program
 
 pytestmark = pytest.mark.bpf
 
@@ -16,9 +15,9 @@ def test_a_compile_error_shows_the_compiler_lines_and_leaves_no_log(tmp_path, mo
     temp.mkdir()
     (programs / "broken.c").write_text("int broken(void *ctx) { return undeclared_name; }\n")
     monkeypatch.setenv("ROVER_BPF_DIR", str(programs))
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("TMPDIR", str(temp))  # the compile helper's temporary files
     with pytest.raises(BPFLoadError) as err:
-        load_program("broken", HeaderSearch().find(), {})
+        load_program(ProgramSpec("broken", {}, "broken", "perf_event"), HeaderSearch().find())
     assert "could not load broken.c" in str(err.value)
     assert "use of undeclared identifier 'undeclared_name'" in str(err.value)
     assert list(temp.iterdir()) == []

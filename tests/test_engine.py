@@ -79,7 +79,7 @@ def test_pid_filter_changes_without_reloading(headers, spawn, workloads):
     first = spawn([workloads.build("hot_c_fp")])
     second = spawn([workloads.build("hot_cpp")])
     engine = ProfilerEngine(ProfileType.ON_CPU, headers)
-    program = engine._bpf
+    program = engine._program
     try:
         engine.add_pid(first.pid)
         time.sleep(0.5)
@@ -90,7 +90,7 @@ def test_pid_filter_changes_without_reloading(headers, spawn, workloads):
         time.sleep(0.5)
         assert {s.tgid for s in engine.drain().stacks} == {second.pid}
         assert engine.pids == {second.pid}
-        assert engine._bpf is program  # same loaded program throughout
+        assert engine._program is program  # same loaded program throughout
     finally:
         engine.close()
 

@@ -10,7 +10,8 @@ from rover.periodic import PeriodicLoop
 
 class SimulatedTime:
     """A clock that moves only when the loop waits or an action takes time, and a stop
-    event that ends the loop after some waits: the schedule without real time."""
+    event and wake-up condition that end the loop after some waits: the schedule without
+    real time."""
 
     def __init__(self, waits: int) -> None:
         self.now = 1000.0
@@ -29,21 +30,66 @@ class SimulatedTime:
         self.left -= 1
         return self.is_set()
 
+    def __enter__(self) -> "SimulatedTime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def notify(self) -> None:
+        pass
+
+
+def simulated_loop(time_: SimulatedTime, action) -> PeriodicLoop:
+    loop = PeriodicLoop("tick", 1.0, action, clock=time_.clock)
+    loop._stop = time_  # type: ignore[assignment]  # the loop's only uses of its event
+    loop._wake = time_  # type: ignore[assignment]  # and of its condition
+    return loop
+
 
 def test_runs_at_once_then_every_period_and_never_bursts_after_a_slow_run() -> None:
     time_ = SimulatedTime(waits=6)
     calls: list[float] = []
-    took = iter([0.0, 0.3, 2.5, 0.0, 0.0, 0.0])  # the third run outlasts its period
+    took = iter([0.0, 0.3, 2.5, 0.0, 0.0, 0.0, 0.0])  # the third run outlasts its period
 
     def action() -> None:
         calls.append(time_.now)
         time_.now += next(took)
 
-    loop = PeriodicLoop("tick", 1.0, action, clock=time_.clock)
-    loop._stop = time_  # type: ignore[assignment]  # the loop's only use of its event
+    simulated_loop(time_, action)._run()
+    assert calls == pytest.approx([1000.0, 1001.0, 1002.0, 1004.5, 1005.5, 1006.5, 1007.5])
+    assert time_.waits == pytest.approx([1.0, 0.7, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_an_early_run_asked_for_comes_in_time_and_keeps_the_cadence() -> None:
+    time_ = SimulatedTime(waits=4)
+    calls: list[float] = []
+    loop = simulated_loop(time_, lambda: calls.append(time_.now))
+    loop.run_by(1000.0 + 0.25)  # e.g. a task started: its first flush within 0.25 s
     loop._run()
-    assert calls == pytest.approx([1000.0, 1001.0, 1002.0, 1004.5, 1005.5, 1006.5])
-    assert time_.waits == pytest.approx([1.0, 0.7, 0.0, 1.0, 1.0, 1.0])
+    assert calls == pytest.approx([1000.0, 1000.25, 1001.0, 1002.0])
+    assert time_.waits == pytest.approx([0.25, 0.75, 1.0, 1.0])
+
+
+def test_run_by_wakes_a_waiting_loop() -> None:
+    ran = threading.Event()
+    calls: list[float] = []
+
+    def action() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            ran.set()
+
+    loop = PeriodicLoop("flush", 3600.0, action)
+    loop.start()
+    try:
+        time.sleep(0.1)
+        asked = time.monotonic()
+        loop.run_by(asked + 0.2)
+        assert ran.wait(5)
+        assert asked + 0.19 <= calls[1] < asked + 2
+    finally:
+        loop.stop()
 
 
 def test_a_started_loop_runs_repeatedly_until_stopped() -> None:

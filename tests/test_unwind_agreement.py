@@ -94,9 +94,9 @@ def frozen(pid: int, tid: int) -> tuple[dict[str, int], bytes]:
 
 
 def walked_by_the_kernel(engine, tid: int) -> tuple[int, ...]:
-    start = engine._bpf[b"start"][ct.c_uint32(tid)]
+    start = engine._program.map("start")[ct.c_uint32(tid)]
     assert start.user_hash, "the walk stored no stack"
-    stack = engine._bpf[b"user_stacks"][ct.c_uint64(start.user_hash)]
+    stack = engine._program.map("user_stacks")[ct.c_uint64(start.user_hash)]
     return tuple(stack.ips[: stack.len])
 
 

@@ -53,7 +53,7 @@ def chained(results, symbolizer: Symbolizer, pid: int) -> int:
 
 def drain_after_exit(engine, pid: int) -> list[DrainResult]:
     results = [engine.drain()]
-    proc_maps = engine._bpf[b"proc_maps"]
+    proc_maps = engine._program.map("proc_maps")
     assert ct.c_uint32(pid) in proc_maps  # until removed: a late sample still walks
     engine.remove_pid(pid)
     assert ct.c_uint32(pid) not in proc_maps

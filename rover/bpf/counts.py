@@ -15,33 +15,38 @@ import ctypes as ct
 import logging
 import os
 
+from rover.bpf.maps import BpfMap
+from rover.bpf.program import LoadedProgram
+
 log = logging.getLogger(__name__)
 
 
 class DoubleBufferedCounts:
-    """The ``counts_a``/``counts_b`` pair of a loaded program."""
+    """The ``counts_a``/``counts_b`` pair of a loaded program, behind ``active_counts``."""
 
-    def __init__(self, bpf, names: tuple[bytes, bytes] = (b"counts_a", b"counts_b")) -> None:
-        self._bpf = bpf
-        self._names = names
+    def __init__(self, program: LoadedProgram, key_type: type, leaf_type: type) -> None:
+        self._maps = (
+            program.map("counts_a", key_type, leaf_type),
+            program.map("counts_b", key_type, leaf_type),
+        )
+        self._slot = program.map("active_counts", ct.c_int, ct.c_int)
         self._active = 0
         self._set_active(0)
 
     def take(self) -> list:
         """Swap maps, then read and clear the one no program writes any more."""
-        drained = self._names[self._active]
+        drained = self._maps[self._active]
         self._set_active(1 - self._active)
-        return _take_all(self._bpf[drained])
+        return drained.take_all()
 
     def active_keys(self) -> list:
-        return list(self._bpf[self._names[self._active]].keys())
+        return self._maps[self._active].keys()
 
     def active_len(self) -> int:
-        return len(self._bpf[self._names[self._active]])
+        return len(self._maps[self._active])
 
     def _set_active(self, index: int) -> None:
-        fd = self._bpf[self._names[index]].get_fd()
-        self._bpf[b"active_counts"][ct.c_int(0)] = ct.c_int(fd)
+        self._slot[0] = self._maps[index].get_fd()
         self._active = index
 
 
@@ -54,7 +59,7 @@ class StackMap:
     (``bpf/cfi_walk.h``), keyed by a hash of the addresses, 0 for none.
     """
 
-    def __init__(self, table, size: int, gc_ratio: float, walked: bool = False) -> None:
+    def __init__(self, table: BpfMap, size: int, gc_ratio: float, walked: bool = False) -> None:
         self._table = table
         self._limit = size * gc_ratio
         self._walked = walked
@@ -71,7 +76,7 @@ class StackMap:
                 if self._walked:
                     cache[stack_id] = tuple(value.ips[: min(value.len, len(value.ips))])
                 else:
-                    cache[stack_id] = tuple(ip for ip in value.ip if ip)
+                    cache[stack_id] = tuple(ip for ip in value if ip)
                 self._known.add(stack_id)
             except KeyError:
                 cache[stack_id] = None
@@ -102,21 +107,11 @@ class StackMap:
         return len(self._known)
 
 
-def _take_all(table) -> list:
-    """Read and clear a table nobody writes any more."""
-    try:
-        return list(table.items_lookup_and_delete_batch())
-    except Exception:  # noqa: BLE001 - batch ops missing on old kernels: fall back
-        items = list(table.items())
-        table.clear()
-        return items
-
-
 def thread_alive(tgid: int, tid: int) -> bool:
     return os.path.exists(f"/proc/{tgid}/task/{tid}")
 
 
-def forget_exited_switch_outs(start) -> int:
+def forget_exited_switch_outs(start: BpfMap) -> int:
     """Delete the switch-out records (the off-CPU programs' "start" map, by thread id) of
     threads that exited while switched out: they never come back to be counted."""
     gone = [k for k, rec in start.items() if not thread_alive(rec.tgid, k.value)]

@@ -18,20 +18,21 @@ import contextlib
 import ctypes as ct
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from rover.bpf.contract import header
 from rover.bpf.counts import DoubleBufferedCounts, StackMap, forget_exited_switch_outs
 from rover.bpf.headers import KernelHeaders
-from rover.bpf.loader import BPFLoadError, attach_cpu_clock, load_program
+from rover.bpf.loader import BPFLoadError
+from rover.bpf.program import LoadedProgram, ProgramSpec, load_program
 from rover.profile import ProfileType
 
 log = logging.getLogger(__name__)
 
-_COUNTERS = header("profile_common.h").counters("rover_stat")
+_COMMON = header("profile_common.h")
+_COUNTERS = _COMMON.counters("rover_stat")
 STAT_NAMES: tuple[str, ...] = tuple(c.name for c in _COUNTERS)
 LOSS_COUNTERS: tuple[str, ...] = (*(c.name for c in _COUNTERS if c.loss), "stacks_unresolved")
 INFO_COUNTERS: tuple[str, ...] = tuple(c.name for c in _COUNTERS if not c.loss)
@@ -40,7 +41,21 @@ FRAME_POINTER = "frame_pointer"
 CFI = "eh_frame"
 _MODE = {FRAME_POINTER: 1, CFI: 2}  # enum unwind_mode
 _PROGRAM = {ProfileType.ON_CPU: "oncpu", ProfileType.OFF_CPU: "offcpu"}
-_WALK = {ProfileType.ON_CPU: b"on_cpu_walk", ProfileType.OFF_CPU: b"off_cpu_walk"}
+_ENTRY = {
+    ProfileType.ON_CPU: "on_cpu_sample",
+    ProfileType.OFF_CPU: "tracepoint__sched__sched_switch",
+}
+_KIND = {ProfileType.ON_CPU: "perf_event", ProfileType.OFF_CPU: "tracepoint"}
+_WALK = {ProfileType.ON_CPU: "on_cpu_walk", ProfileType.OFF_CPU: "off_cpu_walk"}
+_OFFCPU = header("offcpu.c")
+_PID_SETTING = _COMMON.structs["pid_setting"]
+_STACK_KEY = _COMMON.structs["stack_key"]
+_USER_STACK = header("cfi_walk.h").structs["user_stack"]
+_START_REC = _OFFCPU.structs["start_rec"]
+_COUNT_VALUE: dict[ProfileType, type] = {
+    ProfileType.ON_CPU: ct.c_uint64,
+    ProfileType.OFF_CPU: _OFFCPU.structs["offcpu_val"],
+}
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,8 @@ class Engine(Protocol):
 
 
 class ProfilerEngine:
-    """Loads ``bpf/<type>.c``, attaches it, and drains its maps.
+    """Loads ``bpf/<type>.c`` (compiled by the helper: ``rover.bpf.program``), attaches
+    it, and drains its maps.
 
     ``choose`` picks each process's unwinding (default: frame pointers for all);
     ``tables`` makes the CFI walk's tables for the loaded program (None: no process
@@ -144,13 +160,22 @@ class ProfilerEngine:
         headers: KernelHeaders,
         config: EngineConfig | None = None,
         choose: Callable[[int], UnwindChoice] | None = None,
-        tables: Callable[[Any], WalkTables] | None = None,
+        tables: Callable[[LoadedProgram], WalkTables] | None = None,
     ) -> None:
         self.type = profile_type
         self.config = config or EngineConfig()
         self._choose = choose
         self._lock = threading.Lock()
-        self._bpf = load_program(_PROGRAM[profile_type], headers, self.config.defines())
+        spec = ProgramSpec(
+            _PROGRAM[profile_type],
+            self.config.defines(),
+            _ENTRY[profile_type],
+            _KIND[profile_type],
+            _WALK[profile_type] if tables is not None else None,
+            "walk_progs" if tables is not None else None,
+        )
+        self._program: LoadedProgram | None = load_program(spec, headers)
+        program = self._program
         self._stats_seen = [0] * len(STAT_NAMES)
         self._tables_seen: dict[str, int] = {}
         self._modes: dict[int, str] = {}
@@ -161,15 +186,23 @@ class ProfilerEngine:
         self.stacks_drained = 0
         self.last_counts_fill = 0.0
         try:
-            self._counts = DoubleBufferedCounts(self._bpf)
+            self._pids = program.map("pids", ct.c_uint32, _PID_SETTING)
+            self._stats = program.map("stats", ct.c_int, ct.c_uint64)
+            self._counts = DoubleBufferedCounts(program, _STACK_KEY, _COUNT_VALUE[profile_type])
             gc = self.config.stack_gc_ratio
-            self._stacks = StackMap(self._bpf[b"stacks"], self.config.stack_map_size, gc)
-            self._walked = StackMap(
-                self._bpf[b"user_stacks"], self.config.stack_map_size, gc, walked=True
+            stacks = program.map("stacks", ct.c_int)
+            stacks = program.map("stacks", ct.c_int, _stack_type(stacks.info.value_size))
+            self._stacks = StackMap(stacks, self.config.stack_map_size, gc)
+            user_stacks = program.map("user_stacks", ct.c_uint64, _USER_STACK)
+            self._walked = StackMap(user_stacks, self.config.stack_map_size, gc, walked=True)
+            self._start = (
+                program.map("start", ct.c_uint32, _START_REC)
+                if profile_type is ProfileType.OFF_CPU
+                else None
             )
-            if tables is not None and self._load_walk():
-                self._tables = tables(self._bpf)
-            self._attach()
+            if tables is not None and self._walk_loaded(program):
+                self._tables = tables(program)
+            self._attach(program)
         except BaseException:
             self.close()
             raise
@@ -180,43 +213,41 @@ class ProfilerEngine:
         return (*LOSS_COUNTERS, *extra)
 
     # -- lifecycle -------------------------------------------------------
-    def _load_walk(self) -> bool:
-        """Load the walk program into the tail-call slot; False (logged) when the kernel's
-        verifier refuses it: every process is then unwound by frame pointers."""
-        from bcc import BPF
-
-        prog_type = BPF.PERF_EVENT if self.type is ProfileType.ON_CPU else BPF.TRACEPOINT
-        started = time.monotonic()
-        try:
-            walk = self._bpf.load_func(_WALK[self.type], prog_type)
-        except Exception as exc:  # bcc raises bare Exception with the verifier's verdict
+    def _walk_loaded(self, program: LoadedProgram) -> bool:
+        """Whether the walk program is in its tail-call slot; False (logged) when the
+        kernel's verifier refused it: every process is then unwound by frame pointers."""
+        refused = program.tail_call_refused
+        if refused is not None:
             log.warning(
                 "this kernel's verifier refuses the CFI stack walk (%s): every process is "
                 "unwound by frame pointers",
-                str(exc).splitlines()[0],
+                refused,
             )
-            return False
-        self._bpf[b"walk_progs"][ct.c_int(0)] = ct.c_int(walk.fd)
-        log.debug("CFI walk program verified in %.2fs", time.monotonic() - started)
-        return True
+        return refused is None
 
-    def _attach(self) -> None:
+    def _attach(self, program: LoadedProgram) -> None:
         if self.type is ProfileType.ON_CPU:
-            attach_cpu_clock(self._bpf, b"on_cpu_sample", self.config.frequency)
-        # off-CPU: TRACEPOINT_PROBE is attached by bcc when the program loads.
+            program.attach_cpu_clock(_ENTRY[self.type], self.config.frequency)
+        else:
+            program.attach_tracepoint(_ENTRY[self.type], "sched", "sched_switch")
 
     def close(self) -> None:
         with self._lock:
             if self._tables is not None:
                 self._tables.close()
                 self._tables = None
-            if self._bpf is not None:
-                self._bpf.cleanup()
-                self._bpf = None
+            if self._program is not None:
+                self._program.close()
+                self._program = None
 
     @property
     def closed(self) -> bool:
-        return self._bpf is None
+        return self._program is None
+
+    @property
+    def compiled_here(self) -> str | None:
+        """Why the program was compiled in this process (None: by the compile helper)."""
+        return self._program.compiled_here if self._program is not None else None
 
     @property
     def walks_cfi(self) -> bool:
@@ -245,9 +276,7 @@ class ProfilerEngine:
                 tables.remove(pid)
         with self._lock:
             self._check_open()
-            setting = self._bpf[b"pids"].Leaf()
-            setting.mode, setting.deadline_ns = _MODE[choice.mode], deadline_ns
-            self._bpf[b"pids"][ct.c_uint32(pid)] = setting
+            self._pids[pid] = _PID_SETTING(mode=_MODE[choice.mode], deadline_ns=deadline_ns)
             self._modes[pid] = choice.mode
             self.choices[pid] = choice
         if self._choose is not None:
@@ -264,7 +293,7 @@ class ProfilerEngine:
         if not tables.settle(timeout):
             return False
         with self._lock:
-            if self._bpf is not None:
+            if self._program is not None:
                 self._counts.take()
                 self._stat_deltas()
                 self._table_deltas()
@@ -276,18 +305,16 @@ class ProfilerEngine:
             self._check_open()
             if pid not in self._modes:
                 return
-            setting = self._bpf[b"pids"].Leaf()
-            setting.mode, setting.deadline_ns = _MODE[self._modes[pid]], deadline_ns
-            self._bpf[b"pids"][ct.c_uint32(pid)] = setting
+            self._pids[pid] = _PID_SETTING(mode=_MODE[self._modes[pid]], deadline_ns=deadline_ns)
 
     def remove_pid(self, pid: int) -> None:
         with self._lock:
             mode = self._modes.pop(pid, None)
             self.choices.pop(pid, None)  # kept only while the process is profiled
-            if self._bpf is None:
+            if self._program is None:
                 return
             with contextlib.suppress(KeyError):
-                del self._bpf[b"pids"][ct.c_uint32(pid)]
+                del self._pids[pid]
             if mode == CFI and self._tables is not None:
                 self._tables.remove(pid)
 
@@ -296,21 +323,21 @@ class ProfilerEngine:
         return frozenset(self._modes)
 
     def _check_open(self) -> None:
-        if self._bpf is None:
+        if self._program is None:
             raise BPFLoadError(f"the {self.type.value} engine is closed")
 
     # -- reading ---------------------------------------------------------
     def events(self) -> int:
         """Events counted so far (cheap; for progress display); 0 once closed."""
         with self._lock:
-            if self._bpf is None:
+            if self._program is None:
                 return 0
             return self._read_stats()[0]
 
     def drain(self) -> DrainResult:
         """Everything counted since the previous drain, exactly once."""
         with self._lock:
-            if self._bpf is None:
+            if self._program is None:
                 return DrainResult()
             items = self._counts.take()
             self.stacks_drained += len(items)
@@ -342,8 +369,7 @@ class ProfilerEngine:
             return result
 
     def _read_stats(self) -> list[int]:
-        table = self._bpf[b"stats"]
-        return [sum(table[ct.c_int(i)]) for i in range(len(STAT_NAMES))]
+        return [sum(self._stats[i]) for i in range(len(STAT_NAMES))]
 
     def _stat_deltas(self) -> dict[str, int]:
         now = self._read_stats()
@@ -363,7 +389,7 @@ class ProfilerEngine:
         return deltas
 
     def _start_records(self) -> list:
-        return list(self._bpf[b"start"].values()) if self.type is ProfileType.OFF_CPU else []
+        return self._start.values() if self._start is not None else []
 
     def _referenced_stacks(self) -> set[int]:
         """Stack ids in the active counts map and (off-CPU) of threads switched out now."""
@@ -384,9 +410,14 @@ class ProfilerEngine:
         if self.type is not ProfileType.OFF_CPU:
             return 0
         with self._lock:
-            if self._bpf is None:
+            if self._program is None or self._start is None:
                 return 0
-            return forget_exited_switch_outs(self._bpf[b"start"])
+            return forget_exited_switch_outs(self._start)
+
+
+def _stack_type(value_size: int) -> type:
+    """A BPF_STACK_TRACE value: addresses, leaf first, 0 after the last."""
+    return ct.c_uint64 * (value_size // 8)
 
 
 def _values(profile_type: ProfileType, value) -> tuple[int, ...]:

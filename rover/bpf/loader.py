@@ -1,4 +1,4 @@
-"""Compile and load one bpf/*.c program with bcc.
+"""Compile and load one bpf/*.c program with bcc (in the compile helper process).
 
 bcc compiles are not safe in parallel threads of one process, so every compile
 takes one process-wide lock (:data:`COMPILE_LOCK`, also held while a child process
@@ -28,7 +28,7 @@ from pathlib import Path
 from rover._data import data_dir
 from rover.bpf.headers import KernelHeaders
 
-COMPILE_LOCK = threading.Lock()
+COMPILE_LOCK = threading.RLock()  # re-entered by an in-process compile under the helper lock
 
 
 class BPFLoadError(Exception):
@@ -44,8 +44,9 @@ def bpf_source_dir() -> Path:
     return data_dir("bpf")
 
 
-def load_program(name: str, headers: KernelHeaders, defines: dict[str, int]):
-    """Compile ``bpf/<name>.c`` and return the loaded ``bcc.BPF`` object."""
+def compile_with_bcc(name: str, headers: KernelHeaders, defines: dict[str, int]):  # noqa: ANN201
+    """Compile ``bpf/<name>.c`` and return the loaded ``bcc.BPF`` object (in the compile
+    helper: ``rover.bpf.program.load_program`` is what the rest of rover calls)."""
     try:
         from bcc import BPF
     except ImportError as exc:  # pragma: no cover - depends on the machine
@@ -106,24 +107,6 @@ def inline_local_includes(source: Path, seen: set[Path] | None = None) -> str:
         else:
             out.append(line)
     return "\n".join(out) + "\n"
-
-
-def attach_cpu_clock(bpf, fn_name: bytes, frequency: int) -> None:  # noqa: ANN001
-    """Attach ``fn_name`` to a software CPU-clock perf event on every CPU."""
-    from bcc import PerfSWConfig, PerfType
-
-    try:
-        bpf.attach_perf_event(
-            ev_type=PerfType.SOFTWARE,
-            ev_config=PerfSWConfig.CPU_CLOCK,
-            fn_name=fn_name,
-            sample_freq=frequency,
-        )
-    except Exception as exc:  # bcc raises bare Exception
-        raise BPFLoadError(
-            f"could not attach the CPU-clock perf event: {exc} "
-            "(needs CAP_PERFMON or CAP_SYS_ADMIN and perf_event_paranoid <= 2)"
-        ) from exc
 
 
 @contextlib.contextmanager

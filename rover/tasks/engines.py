@@ -20,11 +20,12 @@ import functools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from rover.bpf.engine import EngineConfig, ProfilerEngine
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError
+from rover.bpf.program import cancel_compiles
 from rover.byte_cache import CacheStats
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
@@ -66,8 +67,9 @@ class EngineSet:
         self._loading_stopped = threading.Event()
         self._orphaned = False  # close() gave up waiting: the holder of _lock frees all
 
-    def engine(self, profile_type: ProfileType) -> ProfilerEngine:
-        """The engine for ``profile_type``, loading it on first use (raises on failure)."""
+    def engine(self, profile_type: ProfileType, warm_pids: Sequence[int] = ()) -> ProfilerEngine:
+        """The engine for ``profile_type``, loading it on first use (raises on failure;
+        the unwind tables of ``warm_pids`` are decoded meanwhile)."""
         with self._loading():
             engine = self._engines.get(profile_type)
             if engine is None:
@@ -81,8 +83,9 @@ class EngineSet:
                         self.unwind,
                         self._hostfs,
                         self._table_bytes,
-                        self._cfi_cache,
-                        functools.partial(self._kernel_tables.__setitem__, profile_type),
+                        cfi_cache=self._cfi_cache,
+                        on_tables=functools.partial(self._kernel_tables.__setitem__, profile_type),
+                        warm_pids=warm_pids,
                     )
                 except BaseException:
                     self._kernel_tables.pop(profile_type, None)  # made, then closed
@@ -98,7 +101,7 @@ class EngineSet:
             return engine
 
     def acquire(self, profile_type: ProfileType, pid: int) -> None:
-        engine = self.engine(profile_type)
+        engine = self.engine(profile_type, (pid,))
         with self._loading():
             refs = self._refs[profile_type]
             if refs[pid] == 0:
@@ -166,8 +169,9 @@ class EngineSet:
         return found
 
     def stop_loading(self) -> None:
-        """From now on no program is loaded; a compile running now still completes."""
+        """From now on no program is loaded; a compile running now is cancelled."""
         self._loading_stopped.set()
+        cancel_compiles()
 
     def close(self, timeout: float | None = None) -> bool:
         """Detach and free every engine; nothing loads afterwards.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from rover.bpf import syscall
 from rover.bpf.contract import header
+from rover.bpf.program import LoadedProgram
 from rover.hostfs import ProcessGone
 from rover.symbols.maps import MappingKind
 from rover.unwind.kernel_rows import (
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 _C = header("cfi_walk.h")
 MAX_MAPPINGS: int = _C.defines["MAX_MAPPINGS"]
 _STATE = {name: value for name, value, _ in _C.enums["mapping_state"]}
+_PROC_MAPPINGS = _C.structs["proc_mappings"]
 DEFAULT_TABLE_BYTES = 64 << 20
 ADD_BUDGET_S = 1.0  # an added process waits at most this long for its tables
 _REREAD_INTERVAL_S = 1.0
@@ -83,14 +85,14 @@ class KernelTables:
 
     def __init__(
         self,
-        bpf,  # noqa: ANN001 - a loaded bcc.BPF
+        program: LoadedProgram,
         spaces: ProcessSpaces,
         budget_bytes: int = DEFAULT_TABLE_BYTES,
         max_files: int = 4096,
     ) -> None:
-        self._outer = bpf[b"unwind_files"]
-        self._proc_maps = bpf[b"proc_maps"]
-        self._stale = bpf[b"maps_stale"]
+        self._outer = program.map("unwind_files", ct.c_int, ct.c_int)
+        self._proc_maps = program.map("proc_maps", ct.c_uint32, _PROC_MAPPINGS)
+        self._stale = program.map("maps_stale", ct.c_uint32, ct.c_uint32)
         self.spaces = spaces
         self.budget_bytes = budget_bytes
         self.used_bytes = 0
@@ -258,7 +260,7 @@ class KernelTables:
                 self._outer[ct.c_int(slot)] = ct.c_int(fd)
             finally:
                 os.close(fd)  # the outer map keeps the inner one alive
-        except Exception as exc:  # OSError from bpf(), bare Exception from bcc's tables
+        except OSError as exc:
             with self._lock:
                 self._free_slots.append(slot)
             self._refuse(key, module, "unwind_table_load_errors", f"the kernel refused it: {exc}")
