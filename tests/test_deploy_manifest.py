@@ -192,9 +192,10 @@ def test_discovery_settings_come_from_the_downward_api():
 def test_resources_cover_the_measured_usage():
     for container in containers():
         res = container["resources"]
-        # measured: ~250 MiB RSS while profiling, ~1 s of a core per BPF compile
-        assert quantity_mib(res["requests"]["memory"]) >= 250
-        assert quantity_mib(res["limits"]["memory"]) >= 400
+        # measured (benchmarks.md, "Agent memory"): the agent under 120 MiB, the compile
+        # helper's ~200 MiB peak on top of it in the same cgroup; ~1 s of a core a compile
+        assert 120 <= quantity_mib(res["requests"]["memory"]) <= 256
+        assert quantity_mib(res["limits"]["memory"]) >= 120 + 200
         assert res["limits"]["cpu"] == "1"
         assert res["requests"]["cpu"]
 
