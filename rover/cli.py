@@ -450,9 +450,12 @@ def _print_summary(profile, path: str, elapsed: float, value: str | None = None)
 def _install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum: int, frame: object) -> None:
         stop.set()
-        from rover.bpf.program import cancel_compiles
-
-        cancel_compiles()  # a compile under way ends now, not in seconds
+        # A compile under way ends now, not in seconds. None can be under way before the
+        # module is imported (and importing here could meet it half-initialized).
+        program = sys.modules.get("rover.bpf.program")
+        cancel = getattr(program, "cancel_compiles", None)
+        if cancel is not None:
+            cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)

@@ -201,7 +201,7 @@ def compile_here(spec: ProgramSpec, headers: KernelHeaders) -> Handover:
 # Live helpers, so that a caller stopping can end them (see cancel_compiles); the value
 # says whether it was cancelled.
 _helpers: dict[subprocess.Popen[bytes], bool] = {}
-_helpers_lock = threading.Lock()
+_helpers_lock = threading.RLock()  # re-entered by cancel_compiles from a signal handler
 
 
 def cancel_compiles() -> None:
