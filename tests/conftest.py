@@ -119,3 +119,26 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for agent in started:
         agent.stop(timeout=5)
+
+
+@pytest.fixture
+def walk_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's verifier refuses the CFI walk programs (simulated): bcc's load_func
+    raises for them, and programs compile in this process (as when the compile helper
+    cannot run) so that the patched bcc is the one compiling."""
+    import bcc
+
+    import rover.bpf.program
+
+    def no_helper(*_args: object) -> None:
+        raise rover.bpf.program.HelperUnavailable("is off in this test (bcc is patched)")
+
+    load_func = bcc.BPF.load_func
+
+    def refuse_walks(self: Any, name: bytes, *args: Any, **kwargs: Any) -> Any:
+        if name.endswith(b"_walk"):
+            raise Exception("Failed to load BPF program: Permission denied (simulated)")
+        return load_func(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(rover.bpf.program, "compile_in_helper", no_helper)
+    monkeypatch.setattr(bcc.BPF, "load_func", refuse_walks)

@@ -420,26 +420,7 @@ def test_check_compiles_the_programs_and_verifies_the_walk(capsys):
     assert unwind_threads() == []
 
 
-def test_check_walk_refused_is_a_warning_when_frame_pointers_work(capsys, monkeypatch):
-    import bcc
-
-    import rover.bpf.program
-    from rover.bpf.program import HelperUnavailable
-
-    def no_helper(*_args):
-        raise HelperUnavailable("is off in this test (bcc is patched in this process)")
-
-    # Compiled here, so the patched bcc is the one that loads the walk.
-    monkeypatch.setattr(rover.bpf.program, "compile_in_helper", no_helper)
-
-    load_func = bcc.BPF.load_func
-
-    def refuse_walks(self, name, *args, **kwargs):
-        if name.endswith(b"_walk"):
-            raise Exception("Failed to load BPF program: Permission denied (simulated)")
-        return load_func(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(bcc.BPF, "load_func", refuse_walks)
+def test_check_walk_refused_is_a_warning_when_frame_pointers_work(capsys, walk_refused):
     code, out, err = check_in_process(capsys)
     assert code == 0, out + err  # frame-pointer profiling works: only required checks count
     assert "profiling can run on this machine" in out

@@ -27,7 +27,6 @@ from rover.unwind.unwinder import Unwinder
 
 pytestmark = pytest.mark.bpf
 
-WORKLOAD = Path(__file__).resolve().parent / "workloads" / "unwind_expr.c"
 _PTRACE_GETREGS, _PTRACE_ATTACH, _PTRACE_DETACH = 12, 16, 17
 _WALL = 0x40000000
 # struct user_regs_struct (x86-64), and where each DWARF register is in it.
@@ -55,16 +54,8 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def unwind_expr(tmp_path_factory) -> Path:
-    import subprocess
-
-    binary = tmp_path_factory.mktemp("workload") / "unwind_expr"
-    subprocess.run(
-        ["gcc", "-O2", "-fomit-frame-pointer", "-o", str(binary), str(WORKLOAD)],
-        check=True,
-        capture_output=True,
-    )
-    return binary
+def unwind_expr(workloads) -> Path:
+    return workloads.build("unwind_expr")
 
 
 def frozen(pid: int, tid: int) -> tuple[dict[str, int], bytes]:

@@ -294,30 +294,9 @@ def test_auto_picks_per_process_in_one_program(headers, spawn, workloads, caplog
     assert any(f"process {without.pid}: eh_frame unwinding" in m for m in logged), logged
 
 
-def compile_here_only(monkeypatch) -> None:
-    """Compile in this process, as when the compile helper cannot run."""
-    import rover.bpf.program
-
-    def no_helper(*_args):
-        raise rover.bpf.program.HelperUnavailable("is off in this test")
-
-    monkeypatch.setattr(rover.bpf.program, "compile_in_helper", no_helper)
-
-
 def test_a_verifier_that_refuses_the_walk_falls_back_to_frame_pointers(
-    headers, spawn, workloads, monkeypatch, caplog
+    headers, spawn, workloads, walk_refused, caplog
 ):
-    import bcc
-
-    refuse = bcc.BPF.load_func
-
-    def load_func(self, name, *args, **kwargs):
-        if name.endswith(b"_walk"):
-            raise Exception("Failed to load BPF program: Permission denied (simulated)")
-        return refuse(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(bcc.BPF, "load_func", load_func)
-    compile_here_only(monkeypatch)  # so that the patched bcc is the one compiling
     busy = spawn([workloads.build("chain_c"), "cpu"])
     engine = eh_frame(ProfileType.ON_CPU, headers, frequency=199)
     try:

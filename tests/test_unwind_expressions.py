@@ -51,7 +51,6 @@ from rover.unwind.process_space import ProcessSpace, ProcessSpaces, UnwindModule
 from rover.unwind.tables import load_unwind_info
 from rover.unwind.unwinder import Status, Unwinder
 
-WORKLOAD = Path(__file__).resolve().parent / "workloads" / "unwind_expr.c"
 LIBCRYPTO = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"
 LIBMVEC = "/usr/lib/x86_64-linux-gnu/libmvec.so.1"
 LIBX265 = "/usr/lib/x86_64-linux-gnu/libx265.so.199"  # DRAP in hundreds of functions
@@ -501,14 +500,8 @@ def test_real_cfa_expressions_evaluate(path):
 
 
 @pytest.fixture(scope="module")
-def unwind_expr(tmp_path_factory) -> Path:
-    binary = tmp_path_factory.mktemp("workload") / "unwind_expr"
-    subprocess.run(
-        ["gcc", "-O2", "-fomit-frame-pointer", "-o", str(binary), str(WORKLOAD)],
-        check=True,
-        capture_output=True,
-    )
-    return binary
+def unwind_expr(workloads) -> Path:
+    return workloads.build("unwind_expr")
 
 
 def snapshot(spawn, binary: Path, tmp_path: Path, mode: str):

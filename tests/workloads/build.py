@@ -48,6 +48,7 @@ CALL_CHAIN: dict[str, list[str]] = {
     "unwind_snapshot": ["main", "snap_a", "snap_b"],
     "unwind_cpp": ["main", "cxx_outer()", "cxx_work()"],
     "pingpong_c": ["main", "rally", "pass"],
+    "unwind_expr": ["main", "expr_outer", "drap_frame"],
 }
 
 
@@ -73,6 +74,7 @@ WORKLOADS: dict[str, Workload] = {
     "block_c": Workload("block_c.c", "gcc", (*FRAME_POINTER_FLAGS, "-fno-optimize-sibling-calls")),
     # .eh_frame unwinding (tests/test_unwind_*.py): no frame pointers anywhere.
     "chain_c": Workload("chain_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
+    "unwind_expr": Workload("unwind_expr.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "pingpong_c": Workload("pingpong_c.c", "gcc", ("-O2", "-fomit-frame-pointer", "-pthread")),
     "unwind_snapshot": Workload("unwind_snapshot.c", "gcc", ("-O2", "-fomit-frame-pointer")),
     "repeat_c": Workload("repeat_c.c", "gcc", ("-O2", "-fomit-frame-pointer")),
