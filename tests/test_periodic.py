@@ -87,7 +87,7 @@ def test_run_by_wakes_a_waiting_loop() -> None:
         asked = time.monotonic()
         loop.run_by(asked + 0.2)
         assert ran.wait(5)
-        assert asked + 0.19 <= calls[1] < asked + 2
+        assert asked + 0.19 <= calls[1] < asked + 60  # long before the hour
     finally:
         loop.stop()
 
@@ -109,7 +109,9 @@ def test_a_started_loop_runs_repeatedly_until_stopped() -> None:
     count = len(calls)
     time.sleep(0.05)
     assert len(calls) == count  # really stopped
-    assert all(b - a >= 0.009 for a, b in zip(calls, calls[1:], strict=False))  # never early
+    # never early: run i comes no sooner than i periods after the first (a late run does
+    # not make the next one early either: the cadence only ever slips later)
+    assert all(at - calls[0] >= i * 0.01 - 0.001 for i, at in enumerate(calls))
 
 
 def test_failures_are_logged_once_per_error_and_the_loop_survives(caplog):
