@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/bench_unwind.py
 	$(PY) bench/bench_agent.py
 	$(PY) bench/bench_memory.py
+	$(PY) bench/bench_soak.py
 	$(PY) bench/bench_continuous.py
 	$(PY) bench/bench_convert.py
 
