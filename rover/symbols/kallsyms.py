@@ -34,7 +34,7 @@ class KernelSymbols:
     ints and strings), a name decoded only when an address in it is looked up.
     """
 
-    def __init__(self, starts: Sequence[int], entries: Sequence[str]) -> None:
+    def __init__(self, starts: Sequence[int] | np.ndarray, entries: Sequence[str]) -> None:
         """``starts`` sorted and unique; ``entries[i]`` is ``"name"`` or ``"name\\t[module]"``."""
         # array.array: 8 bytes an address, and bisect on it runs at C speed
         self._starts = array("Q", np.asarray(starts, dtype=np.uint64).tobytes())

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
@@ -62,42 +63,57 @@ class EngineSet:
         self._kernel_tables: dict[ProfileType, KernelTables] = {}
         self._engines: dict[ProfileType, ProfilerEngine] = {}
         self._refs: dict[ProfileType, Counter[int]] = {}
-        self._lock = threading.Lock()  # held to load, attach, change filters or close
+        self._lock = threading.Lock()  # held to attach, change filters, drain or close
+        self._compiling = threading.Lock()  # held while a program compiles (see engine())
         self._handover = threading.Lock()  # orders "close gave up" against a holder leaving
         self._loading_stopped = threading.Event()
         self._orphaned = False  # close() gave up waiting: the holder of _lock frees all
 
     def engine(self, profile_type: ProfileType, warm_pids: Sequence[int] = ()) -> ProfilerEngine:
         """The engine for ``profile_type``, loading it on first use (raises on failure;
-        the unwind tables of ``warm_pids`` are decoded meanwhile)."""
-        with self._loading():
-            engine = self._engines.get(profile_type)
-            if engine is None:
+        the unwind tables of ``warm_pids`` are decoded meanwhile).
+
+        The compile holds only ``_compiling`` (one load at a time), not the set: drains
+        and filter changes of the engines already loaded go on meanwhile, so a running
+        task's flush never waits seconds behind another profiling type's compile.
+        """
+        with self._compiling:
+            with self._loading():
+                engine = self._engines.get(profile_type)
+                if engine is not None:
+                    return engine
                 if self._headers is None:
                     self._headers = self._find_headers()
-                try:
-                    engine = make_engine(
-                        profile_type,
-                        self._headers,
-                        self.config,
-                        self.unwind,
-                        self._hostfs,
-                        self._table_bytes,
-                        cfi_cache=self._cfi_cache,
-                        on_tables=functools.partial(self._kernel_tables.__setitem__, profile_type),
-                        warm_pids=warm_pids,
-                    )
-                except BaseException:
-                    self._kernel_tables.pop(profile_type, None)  # made, then closed
-                    raise
-                log.info(
-                    "%s engine (%s unwinding) loaded with %s",
-                    profile_type.value,
+                headers = self._headers
+            try:
+                engine = make_engine(
+                    profile_type,
+                    headers,
+                    self.config,
                     self.unwind,
-                    self._headers.describe(),
+                    self._hostfs,
+                    self._table_bytes,
+                    cfi_cache=self._cfi_cache,
+                    on_tables=functools.partial(self._kernel_tables.__setitem__, profile_type),
+                    warm_pids=warm_pids,
                 )
-                self._engines[profile_type] = engine
-                self._refs[profile_type] = Counter()
+            except BaseException:
+                self._kernel_tables.pop(profile_type, None)  # made, then closed
+                raise
+            try:
+                with self._loading():  # refused when the set was closed meanwhile
+                    self._engines[profile_type] = engine
+                    self._refs[profile_type] = Counter()
+            except BaseException:
+                engine.close()  # idempotent: close() may have freed it already
+                self._kernel_tables.pop(profile_type, None)
+                raise
+            log.info(
+                "%s engine (%s unwinding) loaded with %s",
+                profile_type.value,
+                self.unwind,
+                headers.describe(),
+            )
             return engine
 
     def acquire(self, profile_type: ProfileType, pid: int) -> None:
@@ -180,8 +196,17 @@ class EngineSet:
         progress. False when one was still running then: its thread frees every
         engine when the compile ends.
         """
-        self.stop_loading()
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+        self.stop_loading()  # cancels a compile in the helper; one in this process runs on
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float:
+            return -1 if deadline is None else max(0.0, deadline - time.monotonic())
+
+        # A compile still running frees its own engine when it ends (loading has stopped).
+        compiling = not self._compiling.acquire(timeout=left())
+        if not compiling:
+            self._compiling.release()
+        if not self._lock.acquire(timeout=left()):
             with self._handover:
                 if not self._lock.acquire(blocking=False):  # still held: hand over
                     self._orphaned = True
@@ -190,7 +215,7 @@ class EngineSet:
             self._close_locked()
         finally:
             self._lock.release()
-        return True
+        return not compiling
 
     def _close_locked(self) -> None:
         for engine in self._engines.values():
