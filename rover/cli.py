@@ -571,6 +571,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop)  # before the slow imports: a SIGTERM then is a clean exit
+    from rover.heap import limit_arenas
+
+    limit_arenas()  # before any thread: a long-running process keeps no burst's peak
     from rover.config import ConfigError, load_config
     from rover.logs import configure_logging
 

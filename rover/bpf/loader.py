@@ -16,8 +16,6 @@ own peak on top instead of reusing it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import re
 import tempfile
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from rover._data import data_dir
 from rover.bpf.headers import KernelHeaders
+from rover.heap import release_free_heap
 
 COMPILE_LOCK = threading.RLock()  # re-entered by an in-process compile under the helper lock
 
@@ -71,21 +70,6 @@ def compile_with_bcc(name: str, headers: KernelHeaders, defines: dict[str, int])
             ) from exc
         finally:
             release_free_heap()
-
-
-def release_free_heap() -> None:
-    """Return the C heap's free memory to the system (glibc's malloc_trim; else nothing)."""
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None)  # the C library this process already uses
-    except OSError:  # pragma: no cover - no dynamic loader
-        return None
 
 
 def inline_local_includes(source: Path, seen: set[Path] | None = None) -> str:

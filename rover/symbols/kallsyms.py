@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,48 +29,76 @@ class KernelSymbol:
 class KernelSymbols:
     """Sorted kernel text symbols; each reaches to the next symbol.
 
-    Held compactly for the agent's whole life: addresses in one numpy array, names in
-    one bytes blob with an array of offsets (~40 bytes a symbol, against ~300 as Python
-    ints and strings), a name decoded only when an address in it is looked up.
+    Held compactly for the agent's whole life: addresses in one array, names in one
+    bytes blob in the file's order with an array of offsets, and the sorted order as
+    an array of indexes into it (~40 bytes a symbol, against ~300 as Python ints and
+    strings); a name is decoded only when an address in it is looked up.
     """
 
     def __init__(self, starts: Sequence[int] | np.ndarray, entries: Sequence[str]) -> None:
         """``starts`` sorted and unique; ``entries[i]`` is ``"name"`` or ``"name\\t[module]"``."""
-        # array.array: 8 bytes an address, and bisect on it runs at C speed
-        self._starts = array("Q", np.asarray(starts, dtype=np.uint64).tobytes())
         encoded = [e.encode() for e in entries]
-        self._names = b"".join(encoded)
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.uint32)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        offsets = np.zeros(len(encoded) + 1, dtype=np.uint32)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        self._set(
+            np.asarray(starts, dtype=np.uint64),
+            b"".join(encoded),
+            offsets,
+            np.arange(len(encoded), dtype=np.uint32),
+        )
+
+    def _set(
+        self, starts: np.ndarray, names: bytes, offsets: np.ndarray, index: np.ndarray
+    ) -> None:
+        # array.array: 8 bytes an address, and bisect on it runs at C speed
+        self._starts = array("Q", starts.astype(np.uint64).tobytes())
+        self._names = names
+        self._offsets = offsets
+        self._index = index  # sorted position -> the name's position in _names
         self._resolved: dict[int, KernelSymbol] = {}
-        etext = [i for i, e in enumerate(entries) if e == "_etext"]
         # Core kernel text ends at _etext; past it (before modules) nothing is known.
-        self._core_end = self._starts[etext[0]] if etext else 0
+        self._core_end = 0
+        at = names.find(b"_etext")
+        while at >= 0:
+            j = int(np.searchsorted(offsets, at))
+            if j + 1 < len(offsets) and offsets[j] == at and offsets[j + 1] == at + 6:
+                where = np.flatnonzero(index == j)
+                if len(where):
+                    self._core_end = self._starts[int(where[0])]
+                break
+            at = names.find(b"_etext", at + 1)
         # kptr_restrict shows every address as zero: nothing can be resolved.
         self.restricted = bool(self._starts) and not any(self._starts)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the table (not counting names resolved so far)."""
-        return self._starts.itemsize * len(self._starts) + len(self._names) + self._offsets.nbytes
+        held = self._starts.itemsize * len(self._starts) + len(self._names)
+        return held + self._offsets.nbytes + self._index.nbytes
 
     def _entry(self, i: int) -> str:
-        return self._names[self._offsets[i] : self._offsets[i + 1]].decode(errors="replace")
+        j = self._index[i]
+        return self._names[self._offsets[j] : self._offsets[j + 1]].decode(errors="replace")
 
     @classmethod
-    def parse(cls, text: str) -> KernelSymbols:
-        """Text symbols of ``/proc/kallsyms`` text, read a line at a time (a list of its
-        200k lines would be the table's peak memory many times over)."""
-        width = text.find(" ")
-        if width <= 0:
-            return cls([], [])
+    def parse(cls, lines: Iterable[str]) -> KernelSymbols:
+        """Text symbols of ``/proc/kallsyms`` lines (its text, or the open file), read a
+        line at a time into compact buffers: no Python object per symbol is ever made
+        (a list of its 200k lines would be the table's peak memory many times over)."""
+        if isinstance(lines, str):
+            lines = io.StringIO(lines)
         addresses = array("Q")
         ranks = bytearray()
-        entries: list[str] = []
-        kind_at, name_at = width + 1, width + 3
-        for line in io.StringIO(text):
-            kind = line[kind_at : kind_at + 1]
-            if kind not in _TYPE_RANK or len(line) <= name_at or line[width] != " ":
+        names = bytearray()
+        ends = array("I")
+        width = -1
+        for line in lines:
+            if width < 0:
+                width = line.find(" ")
+                if width <= 0:
+                    return cls([], [])
+            kind = line[width + 1 : width + 2]
+            if kind not in _TYPE_RANK or len(line) <= width + 3 or line[width] != " ":
                 continue
             try:
                 address = int(line[:width], 16)
@@ -78,15 +106,20 @@ class KernelSymbols:
                 continue
             addresses.append(address)
             ranks.append(_TYPE_RANK[kind])
-            entries.append(line[name_at:-1] if line[-1] == "\n" else line[name_at:])
+            names += line[width + 3 :].rstrip("\n").encode()
+            ends.append(len(names))
         if not addresses:
             return cls([], [])
         starts = np.frombuffer(addresses, dtype=np.uint64)
         order = np.lexsort((np.frombuffer(ranks, dtype=np.uint8), starts))
-        starts = starts[order]
-        first = np.ones(len(starts), dtype=bool)
-        first[1:] = starts[1:] != starts[:-1]
-        return cls(starts[first], [entries[i] for i in order[first].tolist()])
+        sorted_starts = starts[order]
+        first = np.ones(len(sorted_starts), dtype=bool)
+        first[1:] = sorted_starts[1:] != sorted_starts[:-1]
+        offsets = np.zeros(len(ends) + 1, dtype=np.uint32)
+        offsets[1:] = np.frombuffer(ends, dtype=np.uint32)
+        table = cls.__new__(cls)
+        table._set(sorted_starts[first], bytes(names), offsets, order[first].astype(np.uint32))
+        return table
 
     def __len__(self) -> int:
         return len(self._starts)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from rover.byte_cache import ByteLru, CacheStats
+from rover.heap import release_free_heap
 from rover.hostfs import HostFS, ProcessGone
 from rover.profile import Frame, FrameKind
 from rover.symbols import demangle
@@ -317,7 +318,8 @@ class Symbolizer:
         if self._kernel is None:
             try:
                 with open(self._kallsyms_path, errors="replace") as f:
-                    self._kernel = KernelSymbols.parse(f.read())
+                    self._kernel = KernelSymbols.parse(f)
+                release_free_heap()  # what reading 200k lines left in the C heap
             except OSError as exc:
                 self.counters["kallsyms_errors"] += 1
                 log.warning(
