@@ -154,7 +154,10 @@ def test_server_rate_off_cpu_counts_every_switch_once(headers, spawn, workloads)
     kernel = after - before
     counted = sum(s.values[0] for s in result.stacks if s.tgid == game.pid)
     assert kernel / seconds > 100_000, f"only {kernel / seconds:.0f} switches/s"
-    assert counted == kernel
+    # Exactly once, up to the reading of the kernel's counts: a thread seen blocked may
+    # still be on its way off the CPU (its state set, its switch not yet counted): at
+    # most one switch per thread (pingpong_c has 3) at each of the two readings.
+    assert abs(counted - kernel) <= 2 * 3, (counted, kernel)
     # A switch-in the tracepoint never shows (a few per million switches) costs that
     # switch's time away, not the switch: counted, and said so.
     lost = losses([result])
