@@ -240,7 +240,13 @@ def test_other_languages_keep_leaf_and_callers(headers, spawn, workloads, name):
         hot = workloads.hot_function(name)
         assert sum(n for f, n in stacks if f[-1:] == [hot]) / total > 0.5, stacks[:3]
     assert chain_share(stacks, chain) > 0.8, stacks[:3]
-    assert losses(results) == {}
+    lost = losses(results)
+    if name == "hot_go":
+        # A sample in the Go runtime's hand-written assembly (the scheduler's stack
+        # switches, preemption signals) can meet a pc whose CFI does not describe the
+        # frame: counted as walk_bad_frame, rare (seen once in ~750 samples).
+        assert lost.pop("walk_bad_frame", 0) <= total // 100, lost
+    assert lost == {}
 
 
 def test_stacks_deeper_than_the_limit_end_with_truncated(headers, spawn, workloads):
