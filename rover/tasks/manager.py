@@ -177,12 +177,33 @@ class TaskManager:
         """Start tasks whose start time has come; stop those whose duration is over."""
         now = self._now_ms()
         with self._lock:
+            due = [
+                (run.profile_type, pid)
+                for run in self._runs.values()
+                if run.state == "waiting" and now >= run.task.start_time_ms
+                for pid in run.pids.values()
+            ]
+        self._load_engines(due)
+        with self._lock:
             for run in list(self._runs.values()):
                 if run.state == "waiting" and now >= run.task.start_time_ms:
                     self._start(run)
                 elif run.state == "running" and now >= run.stop_at_ms:
                     log.info("task %s: duration over", run.task.task_id)
                     self._stop(run)
+
+    def _load_engines(self, due: list[tuple[ProfileType, int]]) -> None:
+        """Load the programs of the tasks about to start, without the manager's lock: a
+        flush (a running task's first one included) must not wait seconds behind a
+        compile. A failure is left for the task's start to report."""
+        by_type: dict[ProfileType, list[int]] = defaultdict(list)
+        for profile_type, pid in due:
+            by_type[profile_type].append(pid)
+        for profile_type, pids in by_type.items():
+            try:
+                self.engines.engine(profile_type, pids)
+            except (BPFLoadError, KernelHeadersNotFound):
+                continue
 
     def _start(self, run: TaskRun) -> None:
         for process_id, pid in list(run.pids.items()):
