@@ -72,7 +72,10 @@ class FakeEngine:
 
 class FakeEngines:
     def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
+        self._engine = engine
+
+    def engine(self, profile_type: ProfileType, warm_pids: object = ()) -> FakeEngine:
+        return self._engine
 
     def acquire(self, profile_type: ProfileType, pid: int) -> None:
         pass
@@ -81,7 +84,7 @@ class FakeEngines:
         pass
 
     def loaded(self) -> dict[ProfileType, FakeEngine]:
-        return {ProfileType.ON_CPU: self.engine}
+        return {ProfileType.ON_CPU: self._engine}
 
 
 @dataclass
