@@ -24,15 +24,20 @@ class MapLayoutError(Exception):
     """A map's key or value type does not match the map the kernel holds."""
 
 
-@functools.cache
-def possible_cpus() -> int:
-    """CPUs a per-CPU map keeps a value for (``/sys/devices/system/cpu/possible``)."""
-    text = open("/sys/devices/system/cpu/possible").read().strip()  # noqa: SIM115
-    count = 0
+def cpu_list(name: str) -> list[int]:
+    """The CPUs of ``/sys/devices/system/cpu/<name>`` ("possible", "online"): "0-3,5"."""
+    text = open(f"/sys/devices/system/cpu/{name}").read().strip()  # noqa: SIM115
+    cpus: list[int] = []
     for part in text.split(","):
         low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """CPUs a per-CPU map keeps a value for."""
+    return len(cpu_list("possible"))
 
 
 def raw_type(size: int) -> type:

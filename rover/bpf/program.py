@@ -27,12 +27,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rover.bpf import syscall
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import COMPILE_LOCK, BPFLoadError
-from rover.bpf.maps import BpfMap
+from rover.bpf.maps import BpfMap, cpu_list
 from rover.bpf.tracefs import ensure_tracefs, tracepoint_dir
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ class LoadedProgram:
     def attach_cpu_clock(self, function: str, frequency: int) -> None:
         """Run ``function`` ``frequency`` times a second on every online CPU."""
         try:
-            for cpu in online_cpus():
+            for cpu in cpu_list("online"):
                 fd = syscall.perf_event_open(syscall.cpu_clock_attr(frequency), -1, cpu)
                 self._attachments.append(fd)
                 syscall.attach_perf_event(fd, self.handover.functions[function])
@@ -150,15 +149,6 @@ class LoadedProgram:
         self.handover.maps.clear()
         self.handover.functions.clear()
         self._maps.clear()
-
-
-def online_cpus() -> list[int]:
-    text = Path("/sys/devices/system/cpu/online").read_text().strip()
-    cpus: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cpus.extend(range(int(low), int(high or low) + 1))
-    return cpus
 
 
 def load_program(spec: ProgramSpec, headers: KernelHeaders) -> LoadedProgram:
