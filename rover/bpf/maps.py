@@ -79,20 +79,19 @@ class BpfMap:
         return key if isinstance(key, self.Key) else self.Key(key)
 
     def _decode(self, raw: bytes) -> Any:
+        """A value read from the kernel: a plain int for an integer leaf, else the ctypes
+        value; a list of one per CPU for per-CPU maps."""
         if not self.percpu:
-            return self.Leaf.from_buffer_copy(raw)
+            return _plain(self.Leaf.from_buffer_copy(raw))
         leaf = self.Leaf
-        return [leaf.from_buffer_copy(raw, i * self._slot) for i in range(possible_cpus())]
+        return [_plain(leaf.from_buffer_copy(raw, i * self._slot)) for i in range(possible_cpus())]
 
     def get(self, key: Any) -> Any:
         """The value of ``key`` (a list of one per CPU for per-CPU maps); None if absent."""
         buffer = ctypes.create_string_buffer(self._value_bytes)
         if not syscall.lookup(self._fd, self._key(key), buffer):
             return None
-        value = self._decode(buffer.raw)
-        if self.percpu and issubclass(self.Leaf, ctypes._SimpleCData):
-            return [v.value for v in value]
-        return value.value if isinstance(value, ctypes._SimpleCData) else value
+        return self._decode(buffer.raw)
 
     def __contains__(self, key: Any) -> bool:
         return self.get(key) is not None
@@ -157,8 +156,8 @@ class BpfMap:
             items = self.items()
             self.clear()
             return items
-        return [(self.Key.from_buffer_copy(k), self._plain(self._decode(v))) for k, v in raw]
+        return [(self.Key.from_buffer_copy(k), self._decode(v)) for k, v in raw]
 
-    @staticmethod
-    def _plain(value: Any) -> Any:
-        return value.value if isinstance(value, ctypes._SimpleCData) else value
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, ctypes._SimpleCData) else value
