@@ -1,0 +1,1 @@
+"""Network profiling (NETWORK tasks) and the HTTP monitors of continuous profiling."""
