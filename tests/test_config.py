@@ -321,6 +321,60 @@ OVERRIDES: list[tuple[str, str, Callable[[AgentConfig], Any], Any]] = [
         lambda c: c.profiling.continuous.trigger.silence_duration,
         3600.0,
     ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_TOPOLOGY_REPORT_INTERVAL",
+        "5s",
+        lambda c: c.profiling.task.network.report_interval,
+        5.0,
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_TOPOLOGY_METER_PREFIX",
+        "net_p",
+        lambda c: c.profiling.task.network.meter_prefix,
+        "net_p",
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_MAX_CONNECTIONS",
+        "1000",
+        lambda c: c.profiling.task.network.max_connections,
+        1000,
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_PER_CPU_BUFFER",
+        "1MB",
+        lambda c: c.profiling.task.network.protocol_analyze.per_cpu_buffer,
+        1 << 20,
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_PARALLELS",
+        "4",
+        lambda c: c.profiling.task.network.protocol_analyze.parallels,
+        4,
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_QUEUE_SIZE",
+        "100",
+        lambda c: c.profiling.task.network.protocol_analyze.queue_size,
+        100,
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_CAPTURE_BYTES",
+        "256",
+        lambda c: c.profiling.task.network.protocol_analyze.capture_bytes,
+        256,
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_SAMPLING_HTTP_DEFAULT_REQUEST_ENCODING",
+        "GBK",
+        lambda c: c.profiling.task.network.protocol_analyze.sampling_http.default_request_encoding,
+        "GBK",
+    ),
+    (
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_SAMPLING_HTTP_DEFAULT_RESPONSE_ENCODING",
+        "GBK",
+        lambda c: c.profiling.task.network.protocol_analyze.sampling_http.default_response_encoding,
+        "GBK",
+    ),
     ("ROVER_CACHE_SYMBOL_TABLE_BYTES", "1048576", lambda c: c.cache.symbol_table_bytes, 1 << 20),
     ("ROVER_CACHE_CFI_TABLE_BYTES", "33554432", lambda c: c.cache.cfi_table_bytes, 32 << 20),
     ("ROVER_CACHE_PERF_MAP_BYTES", "2097152", lambda c: c.cache.perf_map_bytes, 2 << 20),
@@ -735,8 +789,9 @@ def test_a_rover_file_loads_with_warnings_for_what_is_not_implemented(tmp_path):
     assert config.core.backend.addr == "oap:11800"
     assert config.core.backend.client_pem_path == "client.pem"  # quotes dropped
     assert config.core.backend.authentication == ""  # Rover's "" means empty
+    assert config.profiling.task.network.report_interval == 2.0
+    assert config.profiling.task.network.protocol_analyze.per_cpu_buffer == 400 << 10
     assert [w.split(":")[0] for w in config.warnings] == [
-        "profiling.task.network",
         "access_log",
         "pprof",
     ]
@@ -932,3 +987,51 @@ def test_rover_profile_reads_the_cache_section_alone():
     assert load_cache_config({}) == AgentConfig().cache
     with pytest.raises(ConfigError, match=r"^cache\.symbol_table_bytes: must be at least"):
         load_cache_config({"ROVER_CACHE_SYMBOL_TABLE_BYTES": "10"})
+
+
+# --- NETWORK tasks ----------------------------------------------------------------------
+
+
+def test_network_defaults_are_rovers():
+    network = load_config(SHIPPED_CONFIG, {}).profiling.task.network
+    assert network.report_interval == 2.0
+    assert network.meter_prefix == "rover_net_p"
+    assert network.protocol_analyze.per_cpu_buffer == 400 << 10
+    assert network.protocol_analyze.queue_size == 5000
+    assert network.protocol_analyze.sampling_http.default_request_encoding == "UTF-8"
+    assert network.protocol_analyze.capture_bytes == 1024
+
+
+def test_network_settings_come_from_rovers_environment_names():
+    env = {
+        "ROVER_PROFILING_TASK_NETWORK_TOPOLOGY_REPORT_INTERVAL": "500ms",
+        "ROVER_PROFILING_TASK_NETWORK_TOPOLOGY_METER_PREFIX": "net",
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_PER_CPU_BUFFER": "1MiB",
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_SAMPLING_HTTP_DEFAULT_RESPONSE_ENCODING": (
+            "latin-1"
+        ),
+        "ROVER_PROFILING_TASK_NETWORK_PROTOCOL_ANALYZE_CAPTURE_BYTES": "4096",
+    }
+    network = load_config(SHIPPED_CONFIG, env).profiling.task.network
+    assert network.report_interval == 0.5
+    assert network.meter_prefix == "net"
+    assert network.protocol_analyze.per_cpu_buffer == 1 << 20
+    assert network.protocol_analyze.sampling_http.default_response_encoding == "latin-1"
+    assert network.protocol_analyze.capture_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("TOPOLOGY_REPORT_INTERVAL", "soon", "invalid duration"),
+        ("PROTOCOL_ANALYZE_PER_CPU_BUFFER", "lots", "invalid size"),
+        ("PROTOCOL_ANALYZE_PER_CPU_BUFFER", "1KB", "at least 4096"),
+        ("PROTOCOL_ANALYZE_CAPTURE_BYTES", "8192", "at most 4096"),
+        ("PROTOCOL_ANALYZE_QUEUE_SIZE", "0", "at least 1"),
+        ("PROTOCOL_ANALYZE_SAMPLING_HTTP_DEFAULT_REQUEST_ENCODING", "klingon", "unknown"),
+    ],
+)
+def test_bad_network_settings_are_clear_errors(name, value, problem):
+    with pytest.raises(ConfigError, match=problem) as err:
+        load_config(SHIPPED_CONFIG, {f"ROVER_PROFILING_TASK_NETWORK_{name}": value})
+    assert "profiling.task.network" in str(err.value)

@@ -4,6 +4,7 @@ that need more than one value (a scanner in REGEX mode needs a command regex, ..
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Mapping
@@ -20,12 +21,15 @@ from rover.config.model import (
     ContinuousConfig,
     CoreConfig,
     HealthConfig,
+    HttpSamplingConfig,
     KubernetesConfig,
     LogFormat,
     LoggerConfig,
+    NetworkConfig,
     OnCpuConfig,
     ProcessDiscoveryConfig,
     ProfilingConfig,
+    ProtocolAnalyzeConfig,
     RegexFinderConfig,
     ScanMode,
     ScannerAgentConfig,
@@ -58,7 +62,6 @@ _ROVER_ONLY_TOP = {
     "access_log": "Rover's access log module is not implemented by this agent",
     "pprof": "Rover's pprof module is not implemented by this agent (see core.health)",
 }
-_ROVER_ONLY_TASK = {"network": "network profiling is not implemented by this agent"}
 
 
 def build_agent_config(tree: Any, env: Mapping[str, str], source: str = "") -> AgentConfig:
@@ -362,10 +365,59 @@ def _size(n: int) -> str:
 
 def _task(s: Section, hostfs: HostFS) -> TaskConfig:
     on_cpu = s.section("on_cpu")
-    config = TaskConfig(on_cpu=_on_cpu(on_cpu, hostfs))
+    network = s.section("network")
+    config = TaskConfig(on_cpu=_on_cpu(on_cpu, hostfs), network=_network(network))
     on_cpu.finish()
-    s.finish(_ROVER_ONLY_TASK)
+    network.finish()
+    s.finish()
     return config
+
+
+MAX_CAPTURE_BYTES = 4096  # the BPF program's scratch buffer
+
+
+def _network(s: Section) -> NetworkConfig:
+    d = NetworkConfig()
+    analyze = s.section("protocol_analyze")
+    sampling = analyze.section("sampling")
+    http = sampling.section("http")
+    da = d.protocol_analyze
+    capture = analyze.integer("capture_bytes", da.capture_bytes, minimum=16)
+    if capture > MAX_CAPTURE_BYTES:
+        raise analyze.fail("capture_bytes", f"must be at most {MAX_CAPTURE_BYTES}, got {capture}")
+    config = NetworkConfig(
+        report_interval=s.duration("report_interval", d.report_interval),
+        meter_prefix=s.required_text(
+            "meter_prefix", d.meter_prefix, "the backend's meter rules expect a name"
+        ),
+        max_connections=s.integer("max_connections", d.max_connections, minimum=16),
+        protocol_analyze=ProtocolAnalyzeConfig(
+            per_cpu_buffer=analyze.byte_size("per_cpu_buffer", da.per_cpu_buffer, 4096),
+            parallels=analyze.integer("parallels", da.parallels, minimum=1),
+            queue_size=analyze.integer("queue_size", da.queue_size, minimum=1),
+            capture_bytes=capture,
+            sampling_http=HttpSamplingConfig(
+                default_request_encoding=_encoding(
+                    http, "default_request_encoding", da.sampling_http.default_request_encoding
+                ),
+                default_response_encoding=_encoding(
+                    http, "default_response_encoding", da.sampling_http.default_response_encoding
+                ),
+            ),
+        ),
+    )
+    for section in (http, sampling, analyze):
+        section.finish()
+    return config
+
+
+def _encoding(s: Section, key: str, default: str) -> str:
+    name = s.text(key, default).strip() or default
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise s.fail(key, f"unknown character encoding {name!r}") from None
+    return name
 
 
 def _on_cpu(s: Section, hostfs: HostFS) -> OnCpuConfig:

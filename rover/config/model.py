@@ -222,8 +222,38 @@ class OnCpuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSamplingConfig:
+    """Charsets assumed for sampled bodies whose Content-Type names none (spec 8.10)."""
+
+    default_request_encoding: str = "UTF-8"
+    default_response_encoding: str = "UTF-8"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolAnalyzeConfig:
+    # Kernel-to-agent event buffer per CPU (Rover's perf buffer size); the ring buffer is
+    # this times the CPUs, rounded up to a power of two.
+    per_cpu_buffer: int = 400 << 10
+    parallels: int = 2  # Rover's analyzer goroutines; accepted, one analyzer thread here
+    queue_size: int = 5000  # events waiting for the analyzer; more are dropped and counted
+    capture_bytes: int = 1024  # ours: payload bytes copied per data syscall (max 4096)
+    sampling_http: HttpSamplingConfig = field(default_factory=HttpSamplingConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """``profiling.task.network``: NETWORK tasks (spec 8)."""
+
+    report_interval: float = 2.0
+    meter_prefix: str = "rover_net_p"
+    max_connections: int = 8192  # ours: connections tracked at once (kernel and agent)
+    protocol_analyze: ProtocolAnalyzeConfig = field(default_factory=ProtocolAnalyzeConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskConfig:
     on_cpu: OnCpuConfig = field(default_factory=OnCpuConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from rover.config.errors import ConfigError
 from rover.config.placeholders import PlaceholderError, resolve
-from rover.units import parse_duration
+from rover.units import parse_byte_size, parse_duration
 
 T = TypeVar("T")
 
@@ -66,6 +66,18 @@ class Setting:
             raise self.error(f"must be greater than zero, got {self.text!r}")
         # Whole nanoseconds, like Go's durations; also drops float noise (9ms -> 0.009).
         return round(seconds, 9)
+
+    def as_byte_size(self, minimum: int = 0) -> int:
+        """Bytes; ``400KB``, ``4MiB`` (binary units) or a bare number of bytes."""
+        try:
+            size = parse_byte_size(self.text.strip())
+        except ValueError:
+            raise self.error(
+                f"invalid size {self.text!r}: use a number with a unit, e.g. 400KB, 4MiB"
+            ) from None
+        if size < minimum:
+            raise self.error(f"must be at least {minimum} bytes, got {self.text!r}")
+        return size
 
     def as_words(self) -> tuple[str, ...]:
         """A comma-separated list; blanks around items and empty items are dropped."""
@@ -148,6 +160,10 @@ class Section:
     def integer(self, key: str, default: int, minimum: int | None = None) -> int:
         found = self.setting(key)
         return default if found is None else found.as_int(minimum)
+
+    def byte_size(self, key: str, default: int, minimum: int = 0) -> int:
+        found = self.setting(key)
+        return default if found is None else found.as_byte_size(minimum)
 
     def duration(self, key: str, default: float, allow_zero: bool = False) -> float:
         found = self.setting(key)
