@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rover.process.model import Entity
+
+if TYPE_CHECKING:
+    from rover.network.http_stats import HttpStats
 
 
 class Role(enum.IntEnum):
@@ -255,5 +259,7 @@ class Traffic:
     protocol: Protocol
     ssl: bool
     l4: L4Delta = field(default_factory=L4Delta)
-    exchanges: list[HttpExchange] = field(default_factory=list)  # completed this interval
+    # HTTP/1 statistics of the traffic's side (server role: server statistics, else client;
+    # spec 8.7), None without HTTP exchanges this interval
+    http: HttpStats | None = None
     sampled: list[SampledExchange] = field(default_factory=list)
