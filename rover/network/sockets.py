@@ -15,7 +15,7 @@ import socket
 
 import psutil
 
-from rover.hostfs import HostFS
+from rover.hostfs import HostFS, ProcessGone
 from rover.network.model import SocketAddress
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class SocketTable:
         for name in ("tcp", "tcp6"):
             try:
                 text = self.hostfs.read_text(self.pid, "net", name)
-            except OSError:
+            except (OSError, ProcessGone):
                 continue  # no IPv6, or the process is gone
             for line in text.splitlines()[1:]:
                 fields = line.split()

@@ -31,6 +31,9 @@ from rover.process.model import Entity
 
 log = logging.getLogger(__name__)
 
+# Sampled exchanges kept per traffic (and per connection between reports) and reason.
+TOP_N = 10
+
 _HIST_FIELDS = ("write_hist", "read_hist", "rtt_hist")
 _COUNTER_FIELDS = (
     "write_count",
@@ -131,8 +134,17 @@ class ConnectionTracker:
         tracked.http_role = side
 
     def add_sampled(self, conn_id: int, sampled: SampledExchange) -> None:
+        """Keep the TOP_N slowest per reason; a tie keeps the earlier (spec 8.8 rule 4)."""
         tracked = self._entry(conn_id)
-        if tracked is not None:
+        if tracked is None:
+            return
+        same = [s for s in tracked.sampled if s.reason == sampled.reason]
+        if len(same) < TOP_N:
+            tracked.sampled.append(sampled)
+            return
+        fastest = min(same, key=lambda s: s.exchange.duration_ms)
+        if sampled.exchange.duration_ms > fastest.exchange.duration_ms:
+            tracked.sampled.remove(fastest)
             tracked.sampled.append(sampled)
 
     def add_retransmit(self, conn_id: int) -> None:

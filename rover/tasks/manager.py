@@ -15,22 +15,34 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from rover.bpf.headers import KernelHeadersNotFound
 from rover.bpf.loader import BPFLoadError
 from rover.hostfs import HostFS, ProcessGone
-from rover.process.model import DiscoveredProcess
+from rover.network.model import SamplingRule
+from rover.network.sampling import SamplingConfigError, rules_from_extension
+from rover.process.model import DiscoveredProcess, Entity
 from rover.profile import ProcessInfo, Profile, ProfileType
 from rover.symbols import Symbolizer
 from rover.tasks.drained import profile_from_drain, reported_counters
 from rover.tasks.engines import EngineSet
-from rover.tasks.model import ProfilingTask
+from rover.tasks.model import NETWORK, ProfilingTask
 
 log = logging.getLogger(__name__)
 
 _PROFILE_TYPE = {"ON_CPU": ProfileType.ON_CPU, "OFF_CPU": ProfileType.OFF_CPU}
+
+
+class NetworkTasks(Protocol):
+    """The network monitor, as NETWORK tasks use it (rover.network.monitor)."""
+
+    def watch(
+        self, task_id: str, pid: int, process_id: str, entity: Entity, rules: list[SamplingRule]
+    ) -> None: ...
+
+    def unwatch_task(self, task_id: str) -> None: ...
 
 
 class Uploader(Protocol):
@@ -50,6 +62,11 @@ class TaskRun:
     state: str = "waiting"  # waiting -> running -> stopping -> done
     started_ms: int = 0
     names: dict[int, ProcessInfo] = field(default_factory=dict)
+    rules: list[SamplingRule] | None = None  # NETWORK: set by the agent itself, else parsed
+
+    @property
+    def is_network(self) -> bool:
+        return self.task.target_type == NETWORK
 
     @property
     def profile_type(self) -> ProfileType:
@@ -75,8 +92,10 @@ class TaskManager:
         resolve: Callable[[str], DiscoveredProcess | None],
         hostfs: HostFS | None = None,
         clock: Callable[[], float] = time.time,
+        network: NetworkTasks | None = None,
     ) -> None:
         self.engines = engines
+        self.network = network
         self.symbolizer = symbolizer
         self.uploader = uploader
         self.resolve = resolve
@@ -117,7 +136,12 @@ class TaskManager:
         return True
 
     def run_now(
-        self, task_id: str, target_type: str, pids: dict[str, int], duration_s: int
+        self,
+        task_id: str,
+        target_type: str,
+        pids: dict[str, int],
+        duration_s: int,
+        rules: list[SamplingRule] | None = None,
     ) -> None:
         """Run a task the agent decided on itself (a continuous-profiling trigger).
 
@@ -134,11 +158,16 @@ class TaskManager:
             duration_s=duration_s,
         )
         with self._lock:
-            self._accept(task, pids)
+            self._accept(task, pids, rules)
             self.tick()
 
-    def _accept(self, task: ProfilingTask, pids: dict[str, int]) -> None:
-        if not task.supported:
+    def _supported(self, task: ProfilingTask) -> bool:
+        return task.supported or (task.target_type == NETWORK and self.network is not None)
+
+    def _accept(
+        self, task: ProfilingTask, pids: dict[str, int], rules: list[SamplingRule] | None = None
+    ) -> None:
+        if not self._supported(task):
             if task.task_id not in self._unsupported_logged:
                 self._unsupported_logged[task.task_id] = task.end_time_ms
                 log.warning(
@@ -155,6 +184,10 @@ class TaskManager:
         if existing is not None and existing.task.same_task(task):
             if existing.task.duration_s != task.duration_s:
                 log.info("task %s: duration now %ds", task.task_id, task.duration_s)
+            if task.extension_config is None:
+                # an extended NETWORK task may come back without its rules (spec 8.2
+                # rule 6): the rules it started with stay
+                task = replace(task, extension_config=existing.task.extension_config)
             existing.task = task  # e.g. a new duration; the stop time follows it
             return
         if existing is None and self._now_ms() > task.end_time_ms:
@@ -163,7 +196,7 @@ class TaskManager:
         if existing is not None:
             log.info("task %s replaces task %s", task.task_id, existing.task.task_id)
             self._stop(existing)
-        self._runs[task.identity] = TaskRun(task, pids)
+        self._runs[task.identity] = TaskRun(task, pids, rules=rules)
         log.info(
             "task %s (%s) accepted for %s, %ds",
             task.task_id,
@@ -180,7 +213,7 @@ class TaskManager:
             due = [
                 (run.profile_type, pid)
                 for run in self._runs.values()
-                if run.state == "waiting" and now >= run.task.start_time_ms
+                if run.state == "waiting" and now >= run.task.start_time_ms and not run.is_network
                 for pid in run.pids.values()
             ]
         self._load_engines(due)
@@ -206,6 +239,9 @@ class TaskManager:
                 continue
 
     def _start(self, run: TaskRun) -> None:
+        if run.is_network:
+            self._start_network(run)
+            return
         for process_id, pid in list(run.pids.items()):
             try:
                 self.symbolizer.prepare(pid)
@@ -231,6 +267,42 @@ class TaskManager:
         if self.flush_within is not None:
             self.flush_within(FIRST_FLUSH_S)
 
+    def _start_network(self, run: TaskRun) -> None:
+        assert self.network is not None  # accepted only with a monitor
+        try:
+            rules = (
+                run.rules
+                if run.rules is not None
+                else rules_from_extension(run.task.extension_config)
+            )
+        except SamplingConfigError as exc:
+            self._fail(run, f"its sampling rules are unusable: {exc}")
+            return
+        watched = 0
+        try:
+            for process_id, pid in run.pids.items():
+                process = self.resolve(process_id)
+                if process is None or not self.hostfs.is_running(pid):
+                    log.warning("task %s: process %d is gone", run.task.task_id, pid)
+                    continue
+                self.network.watch(run.task.task_id, pid, process_id, process.entity, rules)
+                watched += 1
+        except (BPFLoadError, KernelHeadersNotFound) as exc:
+            self.network.unwatch_task(run.task.task_id)
+            self._fail(run, str(exc).splitlines()[0])
+            return
+        if not watched:
+            self._fail(run, "none of its processes is running")
+            return
+        run.state = "running"
+        run.started_ms = self._now_ms()
+        self.counters["tasks_started"] += 1
+        log.info(
+            "task %s: network profiling started (%d sampling rule(s))",
+            run.task.task_id,
+            len(rules),
+        )
+
     def _fail(self, run: TaskRun, reason: str) -> None:
         log.error("task %s cannot run: %s", run.task.task_id, reason)
         self.counters["tasks_failed"] += 1
@@ -239,7 +311,11 @@ class TaskManager:
 
     def _stop(self, run: TaskRun) -> None:
         """Leave the filter now; the next flush drains and uploads the rest."""
-        if run.state == "running":
+        if run.state == "running" and run.is_network:
+            assert self.network is not None
+            self.network.unwatch_task(run.task.task_id)
+            run.state = "stopping"
+        elif run.state == "running":
             for pid in set(run.pids.values()):
                 self.engines.release(run.profile_type, pid)
             run.state = "stopping"
@@ -280,7 +356,8 @@ class TaskManager:
         runs = [r for r in self._runs.values() if r.state in ("running", "stopping")]
         by_type: dict[ProfileType, list[TaskRun]] = defaultdict(list)
         for run in runs:
-            by_type[run.profile_type].append(run)
+            if not run.is_network:  # the network monitor reports on its own timer
+                by_type[run.profile_type].append(run)
         for profile_type, engine in self.engines.loaded().items():
             drained = engine.drain()
             for name, n in reported_counters(drained.counters).items():
@@ -313,7 +390,7 @@ class TaskManager:
             log.info("task %s: finished", run.task.task_id)
             return
         alive = [pid for pid in set(run.pids.values()) if self.hostfs.is_running(pid)]
-        for pid in alive:
+        for pid in [] if run.is_network else alive:
             with contextlib.suppress(ProcessGone):  # it may exit right now
                 self.symbolizer.prepare(pid)  # pick up new libraries while it lives
         if not alive:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 TASK_COMMAND = "EBPFProfilingTaskQuery"
 SUPPORTED_TARGETS = ("ON_CPU", "OFF_CPU")
-KNOWN_TARGETS = ("ON_CPU", "OFF_CPU", "NETWORK")
+NETWORK = "NETWORK"  # run by the network monitor when the agent has one
+KNOWN_TARGETS = ("ON_CPU", "OFF_CPU", NETWORK)
 REQUIRED_ARGS = (
     "TaskId",
     "ProcessId",
