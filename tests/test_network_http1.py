@@ -493,3 +493,25 @@ def test_detect_protocol() -> None:
     assert detect_protocol(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc") is Protocol.UNKNOWN
     assert detect_protocol(b"") is Protocol.UNKNOWN
     assert detect_protocol(b"hello world, not http at all") is Protocol.UNKNOWN
+
+
+def test_chunk_data_not_captured_frames_by_size() -> None:
+    c = Conn()
+    c.io(SEND, GET)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n"
+    # 4096 data bytes written, only 100 captured; the framing after them is captured.
+    assert c.io(RECV, head + b"d" * 100, size=len(head) + 4096) == []
+    [ex] = c.io(RECV, b"\r\n0\r\n\r\n")
+    assert ex.response.body_size == 4096 and ex.response.body == b"d" * 100
+    assert c.parser.counters["http_chunk_framing_lost"] == 0
+
+
+def test_upgrade_101_pairs_then_tunnel_bytes_are_one_resync_per_direction() -> None:
+    c = Conn()
+    c.io(SEND, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    [ex] = c.io(RECV, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    assert ex.response.status == 101 and ex.response.body_size == 0
+    for _ in range(5):
+        c.io(SEND, b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58")
+        c.io(RECV, b"\x81\x05hello")
+    assert c.nonzero() == {"http_resyncs": 2}
