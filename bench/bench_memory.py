@@ -806,7 +806,8 @@ def main() -> int:
                         f"profiling {b.rss:.0f} (cgroup {fmt(b.usage)}), after "
                         f"{r.phases['c'].rss:.0f} MiB RSS; {b.threads} threads, {b.fds} fds; "
                         f"first data {', '.join(f'{t.to_data:.2f}' for t in r.cold + r.warm)} s "
-                        "after `profiling started`; "
+                        "after `profiling started`; two tasks at once "
+                        f"{', '.join(f'{t:.2f}' for t in r.concurrent)} s; "
                         f"{time.monotonic() - started:.0f} s",
                         flush=True,
                     )

@@ -200,7 +200,7 @@ def test_a_failing_observer_read_is_counted_and_monitoring_goes_on():
             raise OSError("ring buffer gone")
         return real_poll(timeout_ms)
 
-    observer.poll = flaky  # type: ignore[method-assign]
+    observer.poll = flaky
     wait_for(lambda: calls["n"] > 2)
     assert m.metrics()["event_read_errors"] == 1
     m.stop()
