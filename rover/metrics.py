@@ -48,6 +48,7 @@ class AgentParts:
     loops: Sequence[PeriodicLoop]
     discovered: Callable[[], int]  # processes found by the latest scan
     caches: Callable[[], Sequence[CacheStats]] = list  # every cache bounded in bytes
+    network: Callable[[], dict[str, int]] = dict  # the network monitor's counters
 
 
 class AgentCollector(Collector):
@@ -63,6 +64,19 @@ class AgentCollector(Collector):
         yield from self._processes()
         yield from self._loops()
         yield from self._caches()
+        yield from self._network()
+
+    def _network(self) -> Iterator[Metric]:
+        """NETWORK tasks: the kernel's counters (``kernel_*``, losses included), the HTTP
+        parser's skips (``http_*``), and the analyzer's own (reports, connections)."""
+        events = CounterMetricFamily(
+            "rover_network_events",
+            "Network monitor counts by name: kernel events and losses, parser skips, reports",
+            labels=["counter"],
+        )
+        for name, value in sorted(self.parts.network().items()):
+            events.add_metric([name], value)
+        yield events
 
     def _profiling(self) -> Iterator[Metric]:
         samples = CounterMetricFamily(

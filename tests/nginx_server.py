@@ -35,10 +35,22 @@ http {{
     server {{
         listen 127.0.0.1:{port} reuseport;
         root {prefix}/html;
-        location / {{ index index.html; }}
+        {location}
     }}
 }}
 """
+_STATIC = "location / { index index.html; }"
+# HTTP/1.1 with kept-alive upstream connections, as a production proxy runs
+_PROXY = """
+        location / {{
+            proxy_pass http://upstream_server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+    upstream upstream_server {{
+        server 127.0.0.1:{upstream};
+        keepalive 4;"""
 
 
 def free_port() -> int:
@@ -49,10 +61,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def nginx(
-    prefix: Path, access_log: Path | None = None
+    prefix: Path, access_log: Path | None = None, proxy_to: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A running nginx serving a 4 KiB page at http://127.0.0.1:PORT/; stopped at exit.
 
+    ``proxy_to``: a port on 127.0.0.1 to proxy every request to instead (keep-alive).
     ``access_log``: where nginx writes a line per request (unbuffered: one write each);
     default none. A FIFO needs its reader running first: nginx blocks opening it.
     """
@@ -61,7 +74,8 @@ def nginx(
     (prefix / "html" / "index.html").write_text("<p>rover</p>\n" * 315)
     config = prefix / "nginx.conf"
     log = "off" if access_log is None else str(access_log)
-    config.write_text(_CONFIG.format(prefix=prefix, port=port, access_log=log))
+    location = _STATIC if proxy_to is None else _PROXY.format(upstream=proxy_to)
+    config.write_text(_CONFIG.format(prefix=prefix, port=port, access_log=log, location=location))
     process = subprocess.Popen(
         [NGINX, "-p", str(prefix), "-c", str(config)],
         stdout=subprocess.DEVNULL,
