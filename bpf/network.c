@@ -15,6 +15,8 @@
  * - The protocol is looked for in the first NET_PREFIX bytes of each data call while
  *   unknown; every counted data call of an HTTP/1 connection sends an EVENT_DATA
  *   with the first CAPTURE bytes of its first buffer.
+ * - A connect's local address comes from sock:inet_sock_set_state (SYN_SENT, then
+ *   the port as the socket leaves SYN_SENT); an accepted one's from user space.
  * - tcp:tcp_probe adds the socket's smoothed RTT (µs) to the call in flight of the
  *   current thread, as Rover does; tcp:tcp_retransmit_skb sends the 4-tuple.
  *
@@ -34,7 +36,8 @@
 struct call_rec {
     u64 start_ns;
     u64 ptr;  /* buffer, iovec array, msghdr, mmsghdr array or sockaddr */
-    u64 arg;  /* mmsg: vlen; socket: family; accept: the listening fd's kind */
+    u64 arg;  /* mmsg: vlen; socket: family; accept: the listening fd's kind;
+               * connect: the socket's address (inet_sock_set_state), an opaque key */
     u32 fd;
     u32 call; /* enum net_call */
     u64 rtt_count;
@@ -51,6 +54,7 @@ BPF_HASH(pids, u32, u32, MAX_PIDS);
 BPF_HASH(fd_kinds, u64, u32, MAX_FDS);
 BPF_HASH(conns, u64, struct conn_rec, MAX_CONNS);
 BPF_HASH(inflight, u64, struct call_rec, MAX_THREADS);
+BPF_TABLE("lru_hash", u64, u64, connecting, MAX_THREADS); /* sock address -> conns key */
 BPF_ARRAY(blank_conn, struct conn_rec, 1); /* never written: the zeroed record */
 BPF_PERCPU_ARRAY(scratch, struct data_scratch, 1);
 BPF_PERCPU_ARRAY(stats, u64, NET_STAT_COUNT);
@@ -256,11 +260,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
     u32 pid = id >> 32;
     if (!watched(pid))
         return 0;
+    /* Not skipped when the fd is FD_OTHER: an inet socket not bound yet is in no
+     * /proc/PID/net table, so user space may have said "other"; the address decides. */
     u32 fd = args->fd;
-    u64 key = fd_key(pid, fd);
-    u32 *kind = fd_kinds.lookup(&key);
-    if (kind && *kind == FD_OTHER)
-        return 0;
     struct call_rec rec = {
         .start_ns = bpf_ktime_get_ns(),
         .ptr = (u64)args->uservaddr,
@@ -302,25 +304,49 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     conn->local = call.local;
     conn->connect_ns = now - call.start_ns;
     stat_add(NET_STAT_CONNECTS);
+    if (call.arg && call.local.port == 0) /* still in SYN_SENT: its port comes later */
+        connecting.update(&call.arg, &key);
     return 0;
 }
 
 #ifdef HAVE_SET_STATE
-/* The SYN goes out inside connect(), in the connecting thread: its local address. */
+/* The SYN goes out inside connect(), in the connecting thread: the local address,
+ * but not its port yet (the kernel picks it just after). The port is read when the
+ * socket leaves SYN_SENT: inside connect() (loopback) from the thread's call in
+ * flight, later (another context) through "connecting", keyed by the socket's
+ * address as an opaque number (never dereferenced). */
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
-    if (args->newstate != TCP_SYN_SENT_)
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == TCP_SYN_SENT_) {
+        u64 id = bpf_get_current_pid_tgid();
+        struct call_rec *c = inflight.lookup(&id);
+        if (!c || c->call != CALL_CONNECT)
+            return 0;
+        c->arg = sk;
+        c->local.family = args->family;
+        c->local.port = args->sport;
+        if (args->family == AF_INET_)
+            bpf_probe_read_kernel(c->local.addr, 4, args->saddr);
+        else
+            bpf_probe_read_kernel(c->local.addr, 16, args->saddr_v6);
         return 0;
+    }
+    if (args->oldstate != TCP_SYN_SENT_)
+        return 0;
+    u16 sport = args->sport;
+    u64 *key = connecting.lookup(&sk);
+    if (key) {
+        struct conn_rec *conn = conns.lookup(key);
+        if (conn && conn->local.port == 0)
+            conn->local.port = sport;
+        connecting.delete(&sk);
+        return 0;
+    }
     u64 id = bpf_get_current_pid_tgid();
     struct call_rec *c = inflight.lookup(&id);
-    if (!c || c->call != CALL_CONNECT)
-        return 0;
-    c->local.family = args->family;
-    c->local.port = args->sport;
-    if (args->family == AF_INET_)
-        bpf_probe_read_kernel(c->local.addr, 4, args->saddr);
-    else
-        bpf_probe_read_kernel(c->local.addr, 16, args->saddr_v6);
+    if (c && c->call == CALL_CONNECT && c->arg == sk)
+        c->local.port = sport;
     return 0;
 }
 #endif
