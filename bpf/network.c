@@ -382,8 +382,11 @@ static __always_inline int accept_exit(long ret)
     if (!watched(pid))
         return 0;
     struct call_rec *c = inflight.lookup(&id);
-    if (!c || c->call != CALL_ACCEPT)
+    if (!c || c->call != CALL_ACCEPT) {
+        if (!c && ret >= 0) /* entered before the pid was watched: a socket, of what family? */
+            ask_fd(pid, ret);
         return 0;
+    }
     struct call_rec call = *c;
     inflight.delete(&id);
     if (ret < 0)

@@ -269,6 +269,11 @@ class NetworkObserver:
             self._fd_map[(pid << 32) | fd] = kind
         self._pid_map[pid] = 1
         self._pids.add(pid)
+        # fds made meanwhile (the kernel may know them already: those are kept)
+        for fd, kind in classify_fds(pid).items():
+            key = (pid << 32) | fd
+            if self._fd_map.get(key) is None:
+                self._fd_map[key] = kind
 
     def remove_pid(self, pid: int) -> None:
         """Stop watching ``pid`` and forget its fds and connections (no close events)."""
