@@ -61,6 +61,7 @@ def test_bucket_choice_in_c_follows_the_spec() -> None:
     source = (data_dir("bpf") / "network.c").read_text()
     body = source[source.index("bucket_of(u64 v)") :]
     body = body[: body.index("\n}\n")]
+
     def spec_bucket(v: int) -> int:
         if v >= L4_BUCKETS_NS[-2]:
             return len(L4_BUCKETS_NS) - 1

@@ -73,7 +73,9 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedProgram]
             os.environ.pop("ROVER_BPF_DIR", None)
         else:
             os.environ["ROVER_BPF_DIR"] = saved
-    loaded.attach_tracepoint("tracepoint__syscalls__sys_enter_getppid", "syscalls", "sys_enter_getppid")
+    loaded.attach_tracepoint(
+        "tracepoint__syscalls__sys_enter_getppid", "syscalls", "sys_enter_getppid"
+    )
     yield loaded
     loaded.close()
 

@@ -4,8 +4,9 @@ Run by ``rover.bpf.program`` as ``python -m rover.bpf.compile_helper FD`` with o
 end of a Unix socketpair as FD. It reads the :class:`ProgramSpec` and the kernel
 headers (a pickle, from its own parent only), compiles, loads the entry function,
 the spec's other functions and the tail-call function (the kernel's verifier may
-refuse that one: the reason goes back, the program still works without it), and sends one message: the map
-and function names, their file descriptors attached (SCM_RIGHTS). Then it exits
+refuse that one: the reason goes back, the program still works without it), and
+sends one message: the map and function names, their file descriptors attached
+(SCM_RIGHTS). Then it exits
 at once, without running bcc's or LLVM's teardown; the kernel keeps every object
 the parent received a descriptor for. It dies with its parent (PR_SET_PDEATHSIG),
 so an agent killed mid-compile leaves no compiler running.

@@ -11,6 +11,7 @@ page offset (unused here); records are 8-byte aligned. Readiness is epoll on the
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import select
 import struct
@@ -84,10 +85,8 @@ class RingBuffer:
     ) -> list[bytes]:
         """Wait up to ``timeout_ms`` (-1: forever) for records, then :meth:`consume`."""
         if not self.available():
-            try:
+            with contextlib.suppress(InterruptedError):
                 self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-            except InterruptedError:
-                pass
         return self.consume(callback)
 
     def available(self) -> int:
@@ -105,4 +104,3 @@ class RingBuffer:
         self._data.release()
         self._producer.close()
         self._consumer.close()
-

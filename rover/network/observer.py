@@ -23,6 +23,7 @@ precompiled ``struct.Struct`` s built from them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import logging
@@ -277,18 +278,14 @@ class NetworkObserver:
 
     def remove_pid(self, pid: int) -> None:
         """Stop watching ``pid`` and forget its fds and connections (no close events)."""
-        try:
+        with contextlib.suppress(KeyError):
             del self._pid_map[pid]
-        except KeyError:
-            pass
         self._pids.discard(pid)
         for m in (self._fd_map, self._conn_map):
-            for key in m.keys():
+            for key in list(m):
                 if key.value >> 32 == pid:
-                    try:
+                    with contextlib.suppress(KeyError):
                         del m[key]
-                    except KeyError:
-                        pass
 
     # -- reading -------------------------------------------------------------
     def poll(self, timeout_ms: int) -> list[NetworkObserver.Event]:
@@ -445,10 +442,8 @@ class NetworkObserver:
         self._fd_map[key] = self._fd_kinds["FD_INET" if inet else "FD_OTHER"]
 
     def _forget(self, key: int) -> None:
-        try:
+        with contextlib.suppress(KeyError):
             del self._fd_map[key]
-        except KeyError:
-            pass
 
 
 # -- /proc ---------------------------------------------------------------------
