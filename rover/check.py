@@ -41,6 +41,7 @@ def run_checks(
         results.append(CheckResult("kernel headers", False, str(exc)))
     for profile_type in ProfileType:
         results += _can_profile(profile_type, headers, hostfs)
+    results += network_checks(headers)
     return results
 
 
@@ -156,3 +157,59 @@ def _can_profile(
         "without frame pointers loses its callers"
     )
     return [loaded, CheckResult(walk, False, refused, required=False)]
+
+
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
+
+
+def network_checks(headers: KernelHeaders | None) -> list[CheckResult]:
+    """Network profiling: its tracepoints (syscalls mandatory; sock/tcp optional), its
+    program compiled, loaded and attached, and uprobes (TLS plaintext) available."""
+    from rover.bpf.loader import BPFLoadError
+    from rover.bpf.tracefs import tracepoint_dir
+    from rover.network.observer import (
+        MANDATORY_TRACEPOINTS,
+        OPTIONAL_TRACEPOINTS,
+        NetworkObserver,
+    )
+
+    ensure_tracefs()
+    absent = [f"{c}:{e}" for c, e in MANDATORY_TRACEPOINTS if tracepoint_dir(c, e) is None]
+    optional = [f"{c}:{e}" for c, e in OPTIONAL_TRACEPOINTS if tracepoint_dir(c, e) is None]
+    if absent:
+        detail = f"missing {', '.join(absent)} (needs CONFIG_FTRACE_SYSCALLS)"
+        results = [CheckResult("network hooks", False, detail)]
+    elif optional:
+        detail = f"syscall tracepoints present; missing {', '.join(optional)} (less detail)"
+        results = [CheckResult("network hooks", False, detail, required=False)]
+    else:
+        detail = f"{len(MANDATORY_TRACEPOINTS) + len(OPTIONAL_TRACEPOINTS)} tracepoints present"
+        results = [CheckResult("network hooks", True, detail)]
+    if headers is None:
+        results.append(CheckResult("network profiling", False, "cannot run without kernel headers"))
+    elif not absent:
+        observer = NetworkObserver(headers)
+        try:
+            observer.start()
+        except BPFLoadError as exc:
+            reason = str(exc).splitlines()[0]
+            results.append(CheckResult("network profiling", False, reason))
+        else:
+            detail = (
+                f"program compiled, loaded and attached to {len(observer.attached)} tracepoints"
+            )
+            results.append(CheckResult("network profiling", True, detail))
+        finally:
+            observer.close()
+    uprobes = UPROBE_PMU.is_file()
+    results.append(
+        CheckResult(
+            "uprobes",
+            uprobes,
+            "available (TLS plaintext can be read)"
+            if uprobes
+            else f"{UPROBE_PMU} absent: no TLS plaintext (CONFIG_UPROBE_EVENTS)",
+            required=False,
+        )
+    )
+    return results

@@ -2,10 +2,11 @@
 
 Run by ``rover.bpf.program`` as ``python -m rover.bpf.compile_helper FD`` with one
 end of a Unix socketpair as FD. It reads the :class:`ProgramSpec` and the kernel
-headers (a pickle, from its own parent only), compiles, loads the entry function
-and the tail-call function (the kernel's verifier may refuse that one: the reason
-goes back, the program still works without it), and sends one message: the map
-and function names, their file descriptors attached (SCM_RIGHTS). Then it exits
+headers (a pickle, from its own parent only), compiles, loads the entry function,
+the spec's other functions and the tail-call function (the kernel's verifier may
+refuse that one: the reason goes back, the program still works without it), and
+sends one message: the map and function names, their file descriptors attached
+(SCM_RIGHTS). Then it exits
 at once, without running bcc's or LLVM's teardown; the kernel keeps every object
 the parent received a descriptor for. It dies with its parent (PR_SET_PDEATHSIG),
 so an agent killed mid-compile leaves no compiler running.
@@ -37,6 +38,8 @@ def compile_and_collect(spec: ProgramSpec, headers: KernelHeaders) -> tuple[Any,
     bpf = compile_with_bcc(spec.source, headers, spec.defines)
     try:
         functions = {spec.entry: bpf.load_func(spec.entry.encode(), kinds[spec.kind]).fd}
+        for name in spec.functions:
+            functions[name] = bpf.load_func(name.encode(), kinds[spec.kind]).fd
         refused = None
         if spec.tail_call is not None and spec.tail_call_map is not None:
             try:

@@ -45,7 +45,8 @@ MAX_FDS = 250  # SCM_MAX_FD is 253 per message
 class ProgramSpec:
     """What to load from ``bpf/<source>.c``: the entry function attached to events and,
     optionally, a function put in slot 0 of a tail-call map (the kernel's verifier may
-    refuse it: that is reported, not an error)."""
+    refuse it: that is reported, not an error), and more functions of the same kind
+    (``functions``: a program with many tracepoints)."""
 
     source: str
     defines: dict[str, int]
@@ -53,6 +54,7 @@ class ProgramSpec:
     kind: str  # "perf_event" or "tracepoint"
     tail_call: str | None = None
     tail_call_map: str | None = None
+    functions: tuple[str, ...] = ()
 
 
 @dataclass
