@@ -235,7 +235,7 @@ class ProtocolAnalyzeConfig:
     # this times the CPUs, rounded up to a power of two.
     per_cpu_buffer: int = 400 << 10
     parallels: int = 2  # Rover's analyzer goroutines; accepted, one analyzer thread here
-    queue_size: int = 5000  # events waiting for the analyzer; more are dropped and counted
+    queue_size: int = 5000  # Rover's analyzer queue; accepted: events wait in the ring buffer
     capture_bytes: int = 1024  # ours: payload bytes copied per data syscall (max 4096)
     sampling_http: HttpSamplingConfig = field(default_factory=HttpSamplingConfig)
 

@@ -163,6 +163,12 @@ class NetworkMonitor:
                     del self._watched[pid]
                     if self._observer is not None:
                         self._observer.remove_pid(pid)
+                    self._tracker.forget_pid(pid)
+                    for conn_id in [c for c, p in self._conn_pids.items() if p == pid]:
+                        del self._conn_pids[conn_id]
+                        parser = self._parsers.pop(conn_id, None)
+                        if parser is not None:
+                            self._count_parser(parser)
 
     def watching(self) -> dict[int, list[str]]:
         with self._lock:

@@ -38,9 +38,11 @@ from typing import Any
 from rover.bpf.contract import Counter, header
 from rover.bpf.headers import KernelHeaders
 from rover.bpf.loader import BPFLoadError
+from rover.bpf.maps import possible_cpus
 from rover.bpf.program import LoadedProgram, ProgramSpec, load_program
 from rover.bpf.ringbuf import RingBuffer
 from rover.bpf.tracefs import ensure_tracefs, tracepoint_dir
+from rover.config.model import NetworkConfig
 from rover.network.model import (
     ConnectionClosed,
     ConnectionStats,
@@ -175,6 +177,21 @@ class ObserverConfig:
 
 def function_name(category: str, event: str) -> str:
     return f"tracepoint__{category}__{event}"
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def observer_config(network: NetworkConfig) -> ObserverConfig:
+    """The program's sizes from ``profiling.task.network``: the ring buffer holds
+    ``per_cpu_buffer`` per possible CPU, sizes rounded up to powers of two."""
+    ring = network.protocol_analyze.per_cpu_buffer * possible_cpus()
+    return ObserverConfig(
+        max_conns=network.max_connections,
+        capture=_power_of_two(network.protocol_analyze.capture_bytes),
+        ringbuf_bytes=max(4096, _power_of_two(ring)),
+    )
 
 
 class NetworkObserver:

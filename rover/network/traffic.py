@@ -190,10 +190,14 @@ class ConnectionTracker:
         self._closed.clear()
         return intervals
 
-    def forget_pid(self, pid: int, conn_ids: Iterable[int]) -> None:
-        for conn_id in conn_ids:
-            self._tracked.pop(conn_id, None)
-            self._closed.pop(conn_id, None)
+    def forget_pid(self, pid: int) -> None:
+        """A process left monitoring: its connections are no longer reported."""
+        for conn_id, tracked in list(self._tracked.items()):
+            if tracked.last is not None and tracked.last.pid == pid:
+                del self._tracked[conn_id]
+        for conn_id, stats in list(self._closed.items()):
+            if stats.pid == pid:
+                del self._closed[conn_id]
 
     def take_http(self, interval: _Interval) -> tuple[HttpStats | None, list[SampledExchange]]:
         """The HTTP statistics of the connection's side (spec 8.7) and its sampled
