@@ -18,7 +18,10 @@ Behaviour, per service:
   instance name; the pid is not part of it) and echoes pid + entity in the
   oneof member that was sent. :meth:`ignore_processes` makes it leave some out.
 * ``keepAlive``, ``collectProfilingData``, ``collect``, ``collectBatch``:
-  recorded, answered with an empty ``Commands``.
+  recorded, answered with an empty ``Commands``. The ``collect`` of the log and
+  span-attached-event services (spec 8.1) are recorded as
+  ``"LogReportService/collect"`` and ``"SpanAttachedEventReportService/collect"``
+  (plain ``"collect"`` stays MeterReportService's).
 * ``queryTasks``: the tasks added with :meth:`add_task` whose update time is
   strictly greater than ``latestUpdateTime``; ON_CPU/OFF_CPU tasks yield one
   command per process that was reported under the querying agent id with
@@ -62,10 +65,15 @@ from rover.backend.proto.ebpf.profiling import (
     Profile_pb2,
     Profile_pb2_grpc,
 )
-from rover.backend.proto.language_agent import Meter_pb2_grpc
+from rover.backend.proto.language_agent import Meter_pb2_grpc, Tracing_pb2_grpc
+from rover.backend.proto.logging import Logging_pb2_grpc
 from rover.process.model import DiscoveredProcess, Entity, ProcessKind
 
-STREAMING_METHODS = frozenset({"collectProfilingData", "collect", "collectBatch"})
+LOG_COLLECT = "LogReportService/collect"
+SPAN_EVENT_COLLECT = "SpanAttachedEventReportService/collect"
+STREAMING_METHODS = frozenset(
+    {"collectProfilingData", "collect", "collectBatch", LOG_COLLECT, SPAN_EVENT_COLLECT}
+)
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,10 @@ class FakeOAP:
             _ContinuousService(self), server
         )
         Meter_pb2_grpc.add_MeterReportServiceServicer_to_server(_MeterService(self), server)
+        Logging_pb2_grpc.add_LogReportServiceServicer_to_server(_LogService(self), server)
+        Tracing_pb2_grpc.add_SpanAttachedEventReportServiceServicer_to_server(
+            _SpanEventService(self), server
+        )
         bind = f"{self.host}:{self.port}"
         if self.tls is None:
             port = server.add_insecure_port(bind)
@@ -596,6 +608,24 @@ class _MeterService(Meter_pb2_grpc.MeterReportServiceServicer):
 
     def collectBatch(self, request_iterator: Iterator[Any], context: Any) -> Any:
         _admit_stream(self.oap, "collectBatch", request_iterator, context)
+        return Command_pb2.Commands()
+
+
+class _LogService(Logging_pb2_grpc.LogReportServiceServicer):
+    def __init__(self, oap: FakeOAP) -> None:
+        self.oap = oap
+
+    def collect(self, request_iterator: Iterator[Any], context: Any) -> Any:
+        _admit_stream(self.oap, LOG_COLLECT, request_iterator, context)
+        return Command_pb2.Commands()
+
+
+class _SpanEventService(Tracing_pb2_grpc.SpanAttachedEventReportServiceServicer):
+    def __init__(self, oap: FakeOAP) -> None:
+        self.oap = oap
+
+    def collect(self, request_iterator: Iterator[Any], context: Any) -> Any:
+        _admit_stream(self.oap, SPAN_EVENT_COLLECT, request_iterator, context)
         return Command_pb2.Commands()
 
 

@@ -21,7 +21,8 @@ from rover.backend.proto.ebpf.profiling import (
     Profile_pb2,
     Profile_pb2_grpc,
 )
-from rover.backend.proto.language_agent import Meter_pb2
+from rover.backend.proto.language_agent import Meter_pb2, Tracing_pb2, Tracing_pb2_grpc
+from rover.backend.proto.logging import Logging_pb2, Logging_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "rover" / "backend" / "proto"
@@ -50,7 +51,8 @@ def test_committed_stubs_are_current(tmp_path: Path) -> None:
 
 
 def test_everything_is_in_package_skywalking_v3() -> None:
-    for module in (Common_pb2, Command_pb2, Process_pb2, Profile_pb2, Continuous_pb2, Meter_pb2):
+    modules = (Common_pb2, Command_pb2, Process_pb2, Profile_pb2, Continuous_pb2, Meter_pb2)
+    for module in (*modules, Logging_pb2, Tracing_pb2):
         file = descriptor_pb2.FileDescriptorProto()
         module.DESCRIPTOR.CopyToProto(file)
         assert file.package == "skywalking.v3"
@@ -89,6 +91,39 @@ def _field(message: type[Message], name: str) -> Any:  # descriptor.FieldDescrip
         (Meter_pb2.MeterBucketValue, "isNegativeInfinity", 3, None),
         (Command_pb2.Command, "args", 2, None),
         (Common_pb2.KeyStringValuePair, "value", 2, None),
+        (Common_pb2.KeyIntValuePair, "key", 1, None),
+        (Common_pb2.KeyIntValuePair, "value", 2, None),
+        (Common_pb2.Instant, "seconds", 1, None),
+        (Common_pb2.Instant, "nanos", 2, None),
+        (Logging_pb2.LogData, "timestamp", 1, None),
+        (Logging_pb2.LogData, "service", 2, None),
+        (Logging_pb2.LogData, "serviceInstance", 3, None),
+        (Logging_pb2.LogData, "endpoint", 4, None),
+        (Logging_pb2.LogData, "body", 5, None),
+        (Logging_pb2.LogData, "traceContext", 6, None),
+        (Logging_pb2.LogData, "tags", 7, None),
+        (Logging_pb2.LogData, "layer", 8, None),
+        (Logging_pb2.LogDataBody, "type", 1, None),
+        (Logging_pb2.LogDataBody, "text", 2, "content"),
+        (Logging_pb2.LogDataBody, "json", 3, "content"),
+        (Logging_pb2.LogDataBody, "yaml", 4, "content"),
+        (Logging_pb2.TextLog, "text", 1, None),
+        (Logging_pb2.JSONLog, "json", 1, None),
+        (Logging_pb2.YAMLLog, "yaml", 1, None),
+        (Logging_pb2.TraceContext, "traceId", 1, None),
+        (Logging_pb2.TraceContext, "traceSegmentId", 2, None),
+        (Logging_pb2.TraceContext, "spanId", 3, None),
+        (Logging_pb2.LogTags, "data", 1, None),
+        (Tracing_pb2.SpanAttachedEvent, "startTime", 1, None),
+        (Tracing_pb2.SpanAttachedEvent, "event", 2, None),
+        (Tracing_pb2.SpanAttachedEvent, "endTime", 3, None),
+        (Tracing_pb2.SpanAttachedEvent, "tags", 4, None),
+        (Tracing_pb2.SpanAttachedEvent, "summary", 5, None),
+        (Tracing_pb2.SpanAttachedEvent, "traceContext", 6, None),
+        (Tracing_pb2.SpanAttachedEvent.SpanReference, "type", 1, None),
+        (Tracing_pb2.SpanAttachedEvent.SpanReference, "traceId", 2, None),
+        (Tracing_pb2.SpanAttachedEvent.SpanReference, "traceSegmentId", 3, None),
+        (Tracing_pb2.SpanAttachedEvent.SpanReference, "spanId", 4, None),
     ],
 )
 def test_field_numbers_match_the_spec(
@@ -111,6 +146,12 @@ def test_scalar_types_match_the_spec() -> None:
         FieldDescriptor.TYPE_INT32
     )
     assert _field(Meter_pb2.MeterSingleValue, "value").type == FieldDescriptor.TYPE_DOUBLE
+    assert _field(Logging_pb2.TraceContext, "spanId").type == FieldDescriptor.TYPE_INT32
+    reference = Tracing_pb2.SpanAttachedEvent.SpanReference
+    assert _field(reference, "spanId").type == FieldDescriptor.TYPE_STRING
+    assert _field(Common_pb2.Instant, "seconds").type == FieldDescriptor.TYPE_INT64
+    assert _field(Common_pb2.Instant, "nanos").type == FieldDescriptor.TYPE_INT32
+    assert _field(Common_pb2.KeyIntValuePair, "value").type == FieldDescriptor.TYPE_INT64
 
 
 def test_enums_match_the_spec() -> None:
@@ -125,6 +166,10 @@ def test_enums_match_the_spec() -> None:
         "HTTPAvgResponseTime",
     ]
     assert [monitor.Value(n) for n in names] == [0, 1, 2, 3, 4]
+    reference_type = Tracing_pb2.SpanAttachedEvent.SpanReferenceType
+    assert reference_type.Value("SKYWALKING") == 0
+    assert reference_type.Value("ZIPKIN") == 1
+    assert Tracing_pb2.SpanAttachedEvent.DESCRIPTOR.enum_types_by_name["SpanReferenceType"]
 
 
 def _method(module, service: str, rpc: str) -> descriptor_pb2.MethodDescriptorProto:
@@ -152,6 +197,9 @@ SERVICES = [
      "ContinuousProfilingReport", "Commands", False),
     (Meter_pb2, "MeterReportService", "collect", "MeterData", "Commands", True),
     (Meter_pb2, "MeterReportService", "collectBatch", "MeterDataCollection", "Commands", True),
+    (Logging_pb2, "LogReportService", "collect", "LogData", "Commands", True),
+    (Tracing_pb2, "SpanAttachedEventReportService", "collect", "SpanAttachedEvent", "Commands",
+     True),
 ]  # fmt: skip
 
 
@@ -177,9 +225,13 @@ def test_full_method_paths_in_the_grpc_stubs() -> None:
 
     Profile_pb2_grpc.EBPFProfilingServiceStub(RecordingChannel())
     Process_pb2_grpc.EBPFProcessServiceStub(RecordingChannel())
+    Logging_pb2_grpc.LogReportServiceStub(RecordingChannel())
+    Tracing_pb2_grpc.SpanAttachedEventReportServiceStub(RecordingChannel())
     assert calls["/skywalking.v3.EBPFProfilingService/collectProfilingData"] == "stream_unary"
     assert calls["/skywalking.v3.EBPFProfilingService/queryTasks"] == "unary_unary"
     assert calls["/skywalking.v3.EBPFProcessService/reportProcesses"] == "unary_unary"
+    assert calls["/skywalking.v3.LogReportService/collect"] == "stream_unary"
+    assert calls["/skywalking.v3.SpanAttachedEventReportService/collect"] == "stream_unary"
 
 
 def test_stubs_import_without_the_proto_root_on_sys_path() -> None:

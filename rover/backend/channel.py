@@ -28,7 +28,8 @@ from rover.backend.proto.ebpf.profiling import (
     Process_pb2_grpc,
     Profile_pb2_grpc,
 )
-from rover.backend.proto.language_agent import Meter_pb2_grpc
+from rover.backend.proto.language_agent import Meter_pb2_grpc, Tracing_pb2_grpc
+from rover.backend.proto.logging import Logging_pb2_grpc
 from rover.backend.tls import PinnedServer, channel_credentials, fetch_server_certificate
 from rover.config import BackendConfig
 
@@ -50,6 +51,8 @@ class Stubs:
     profiling: Profile_pb2_grpc.EBPFProfilingServiceStub
     continuous: Continuous_pb2_grpc.ContinuousProfilingServiceStub
     meter: Meter_pb2_grpc.MeterReportServiceStub
+    log: Logging_pb2_grpc.LogReportServiceStub
+    span_event: Tracing_pb2_grpc.SpanAttachedEventReportServiceStub
 
 
 class BackendChannel:
@@ -142,6 +145,8 @@ class BackendChannel:
             profiling=Profile_pb2_grpc.EBPFProfilingServiceStub(channel),
             continuous=Continuous_pb2_grpc.ContinuousProfilingServiceStub(channel),
             meter=Meter_pb2_grpc.MeterReportServiceStub(channel),
+            log=Logging_pb2_grpc.LogReportServiceStub(channel),
+            span_event=Tracing_pb2_grpc.SpanAttachedEventReportServiceStub(channel),
         )
         self._on_raw_connectivity = functools.partial(self._on_connectivity, raw)
         raw.subscribe(self._on_raw_connectivity, try_to_connect=False)

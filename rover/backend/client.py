@@ -27,7 +27,8 @@ from rover.backend.process_messages import (
 )
 from rover.backend.proto.common import Command_pb2
 from rover.backend.proto.ebpf.profiling import Continuous_pb2, Process_pb2, Profile_pb2
-from rover.backend.proto.language_agent import Meter_pb2
+from rover.backend.proto.language_agent import Meter_pb2, Tracing_pb2
+from rover.backend.proto.logging import Logging_pb2
 from rover.config import BackendConfig
 from rover.process.model import DiscoveredProcess
 
@@ -53,8 +54,8 @@ Response = TypeVar("Response")
 
 
 class BackendClient:
-    """Calls of EBPFProcessService, EBPFProfilingService, ContinuousProfilingService and
-    MeterReportService over one channel.
+    """Calls of EBPFProcessService, EBPFProfilingService, ContinuousProfilingService,
+    MeterReportService, LogReportService and SpanAttachedEventReportService over one channel.
 
     Thread-safe. Raises :class:`~rover.backend.errors.BackendConfigError` at
     construction when TLS files are missing or empty.
@@ -144,6 +145,19 @@ class BackendClient:
     def send_meters(self, collections: list[Meter_pb2.MeterDataCollection]) -> None:
         """collectBatch: one stream, one independent data set per collection."""
         self._stream("collectBatch", lambda s: s.meter.collectBatch, collections)
+
+    # -- LogReportService, SpanAttachedEventReportService -----------------------------------
+
+    def send_logs(self, logs: list[Logging_pb2.LogData]) -> None:
+        """LogReportService/collect: one stream; the OAP copies its first service onto every
+        element, so give it the logs of one service only."""
+        self._stream("LogReportService/collect", lambda s: s.log.collect, logs)
+
+    def send_span_events(self, events: list[Tracing_pb2.SpanAttachedEvent]) -> None:
+        """SpanAttachedEventReportService/collect: one stream."""
+        self._stream(
+            "SpanAttachedEventReportService/collect", lambda s: s.span_event.collect, events
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the channel, cancelling calls in flight; bounded by ``timeout`` seconds."""
