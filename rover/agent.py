@@ -26,6 +26,7 @@ import psutil
 
 from rover.backend import BackendClient, ProcessReporter, ProfileUploader
 from rover.backend.continuous import BackendMeterSink, BackendPolicySource, BackendTriggerSink
+from rover.backend.network import NetworkReportSender
 from rover.bpf.engine import EngineConfig
 from rover.bpf.headers import HeaderSearch
 from rover.bpf.load_check import CheckCancelled, LoadCheck
@@ -37,6 +38,11 @@ from rover.deadline import Deadline
 from rover.health import HealthServer, Liveness, Readiness
 from rover.hostfs import HostFS
 from rover.metrics import AgentParts, agent_registry
+from rover.network.http1 import Http1Parser
+from rover.network.monitor import NetworkMonitor
+from rover.network.observer import NetworkObserver, observer_config
+from rover.network.report import TrafficReporter
+from rover.network.sampling import sample
 from rover.periodic import PeriodicLoop
 from rover.process.finder import ProcessFinder
 from rover.process.model import DiscoveredProcess
@@ -94,12 +100,14 @@ class Agent:
             hostfs=self.hostfs,
             cfi_table_bytes=caches.cfi_table_bytes,
         )
+        self.network = self._network_monitor() if config.profiling.active else None
         self.tasks = TaskManager(
             self.engines,
             self.symbolizer,
             self.uploader,
             resolve=self._resolve,
             hostfs=self.hostfs,
+            network=self.network,
         )
         self.poller = TaskPoller(self.client, self.agent_id, self.tasks)
         self.continuous = self._continuous() if config.profiling.active else None
@@ -131,6 +139,24 @@ class Agent:
             processes=self.reporter,
         )
 
+    def _network_monitor(self) -> NetworkMonitor:
+        """NETWORK tasks' monitor: its program is compiled when the first task starts."""
+        network = self.config.profiling.task.network
+        reporter = TrafficReporter(NetworkReportSender(self.client), network)
+
+        def observer() -> NetworkObserver:
+            observer = NetworkObserver(self.headers.find(), observer_config(network))
+            observer.start()
+            return observer
+
+        self._network_reporter = reporter
+        return NetworkMonitor(network, observer, Http1Parser, sample, reporter, hostfs=self.hostfs)
+
+    def network_counters(self) -> dict[str, int]:
+        if self.network is None:
+            return {}
+        return {**self.network.metrics(), **self._network_reporter.counters}
+
     def _health_server(self) -> HealthServer | None:
         """/healthz, /readyz and /metrics, when core.health.address is set."""
         address = self.config.core.health.address
@@ -145,6 +171,7 @@ class Agent:
             loops=self.loops,
             discovered=lambda: len(self.discovered),
             caches=self.caches,
+            network=self.network_counters,
         )
         liveness = Liveness(lambda: self.loops)
         return HealthServer(address, liveness, self.readiness, agent_registry(parts))

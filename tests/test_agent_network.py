@@ -11,12 +11,16 @@ from collections import Counter, defaultdict
 import pytest
 from agent_process import scanner_env
 from backend_data import reported
-from nginx_server import free_port, nginx
 from network_workloads import python, sw8, write_scripts
+from nginx_server import free_port, nginx
 
 pytestmark = pytest.mark.bpf
 
-FAST = {"ROVER_PROFILING_TASK_NETWORK_TOPOLOGY_REPORT_INTERVAL": "1s"}
+FAST = {
+    "ROVER_PROFILING_TASK_NETWORK_TOPOLOGY_REPORT_INTERVAL": "1s",
+    # the two Python processes need names of their own to be two processes
+    "ROVER_PROCESS_DISCOVERY_REGEX_SCANNER_PROCESS_NAME": "{{.Process.ExeName}}-{{.Process.Pid}}",
+}
 SERVICE = "net-svc"
 SLOW_TRACE = "trace-slow-{}"
 RULES = {
@@ -48,7 +52,12 @@ def meters(fake_oap) -> list[tuple[str, dict[str, str], object, str]]:
                 if data.HasField("singleValue"):
                     value = data.singleValue
                     found.append(
-                        (value.name, {lb.name: lb.value for lb in value.labels}, value.value, service)
+                        (
+                            value.name,
+                            {lb.name: lb.value for lb in value.labels},
+                            value.value,
+                            service,
+                        )
                     )
                 else:
                     value = data.histogram
@@ -89,9 +98,7 @@ def proxied(tmp_path, spawn):
         yield client, server, upstream, start_file, directory.name, sum(n for _, n, _ in plan)
 
 
-def test_network_task_reports_both_relations_with_the_specs_names(
-    fake_oap, start_agent, proxied
-):
+def test_network_task_reports_both_relations_with_the_specs_names(fake_oap, start_agent, proxied):
     client, server, upstream, start_file, marker, sent = proxied
     agent = start_agent({**scanner_env(fake_oap.addr, marker, SERVICE), **FAST})
     fake_oap.wait_for(lambda _: len(reported(fake_oap, SERVICE)) == 3, timeout=30, what="3")
@@ -114,8 +121,7 @@ def test_network_task_reports_both_relations_with_the_specs_names(
         found = meters(fake_oap)
         return (
             total(found, request_counter, server_process_id=nginx_id, side="server") >= sent
-            and total(found, request_counter, server_process_id=upstream_id, side="server")
-            >= sent
+            and total(found, request_counter, server_process_id=upstream_id, side="server") >= sent
         )
 
     fake_oap.wait_for(requests_seen, timeout=30, what="HTTP request counts")

@@ -204,3 +204,30 @@ def test_a_failing_observer_read_is_counted_and_monitoring_goes_on():
     wait_for(lambda: calls["n"] > 2)
     assert m.metrics()["event_read_errors"] == 1
     m.stop()
+
+
+class BrokenParser(EchoParser):
+    def feed(self, syscall: DataSyscall) -> list[HttpExchange]:
+        if syscall.data_id == 0:
+            raise ValueError("parser bug")
+        return super().feed(syscall)
+
+
+def test_an_event_that_cannot_be_analyzed_is_counted_and_the_rest_go_on():
+    reports, observers = Reports(), []
+    m = NetworkMonitor(
+        NetworkConfig(report_interval=0.1),
+        lambda: observers.append(FakeObserver()) or observers[-1],
+        BrokenParser,
+        always_5xx,
+        reports,
+    )
+    m.watch("task", 10, "p10", entity("svc"), [])
+    with observers[0].lock:
+        observers[0].live = [server_conn(10, read_count=3)]
+        observers[0].events = [data(10, n) for n in range(3)]
+    try:
+        wait_for(lambda: sum(t.http.requests for ts, _ in reports.sent for t in ts if t.http) == 2)
+        assert m.metrics()["events_failed"] == 1
+    finally:
+        m.stop()

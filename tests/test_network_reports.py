@@ -28,13 +28,13 @@ from rover.backend.network import (
 from rover.backend.proto.language_agent import Tracing_pb2
 from rover.config import BackendConfig
 from rover.network.content import bytes_size, data_content
+from rover.network.http_stats import DURATION_BUCKETS_MS as HTTP_DURATION_BOUNDS_MS
+from rover.network.http_stats import PACKAGE_SIZE_BUCKETS as HTTP_SIZE_BOUNDS
+from rover.network.http_stats import HttpStats, bucket_index
 from rover.network.meters import (
-    HTTP_DURATION_BOUNDS_MS,
-    HTTP_SIZE_BOUNDS,
     L4_BOUNDS_NS,
     L4_BOUNDS_US,
     NetworkMeter,
-    bucket_index,
     traffic_meters,
 )
 from rover.network.model import (
@@ -69,8 +69,18 @@ def _traffic(
     protocol: Protocol = Protocol.HTTP1,
     ssl: bool = False,
     entity: Entity = ENTITY,
+    exchanges: tuple[HttpExchange, ...] | list[HttpExchange] = (),
     **kwargs: Any,
 ) -> Traffic:
+    """A traffic whose HTTP statistics are those of the given exchanges on its side (the
+    connection tracker keeps client and server statistics apart, spec 8.7)."""
+    statistics_side = Role.SERVER if role is Role.SERVER else Role.CLIENT
+    mine = [e for e in exchanges if e.side is statistics_side]
+    if mine:
+        stats = HttpStats()
+        for exchange in mine:
+            stats.add(exchange)
+        kwargs["http"] = stats
     return Traffic(
         entity=entity,
         process_id=OWN_ID,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rover.network.model import HttpExchange
@@ -26,7 +27,7 @@ DURATION_BUCKETS_MS: tuple[int, ...] = (
 )  # fmt: skip
 
 
-def bucket_index(bounds: tuple[int, ...], value: float) -> int:
+def bucket_index(bounds: Sequence[float], value: float) -> int:
     """The highest bucket whose lower bound is <= value; below the first bound, the first
     (spec 8.6 "bucket choice")."""
     return max(0, bisect.bisect_right(bounds, value) - 1)

@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rover.network.http_stats import DURATION_BUCKETS_MS, PACKAGE_SIZE_BUCKETS
 from rover.network.model import L4_BUCKETS_NS, Protocol, Role, Traffic
 
 Labels = tuple[tuple[str, str], ...]  # (name, value), in the order sent
@@ -21,18 +21,6 @@ Buckets = tuple[tuple[float, int], ...]  # (lower bound, count), ascending
 # for RTT, whose kernel-side buckets are chosen comparing µs × 1000 against the ns table.
 L4_BOUNDS_NS: tuple[float, ...] = tuple(float(b) for b in L4_BUCKETS_NS)
 L4_BOUNDS_US: tuple[float, ...] = tuple(b / 1000 for b in L4_BUCKETS_NS)
-
-# HTTP/1 histogram bounds (spec 8.7 rules 10 and 11); the third size is 1048 in Rover.
-HTTP_SIZE_BOUNDS: tuple[int, ...] = (
-    256, 512, 1048, 1536, 2048, 3072, 5120, 8192, 10240, 15360, 20480, 35840, 51200, 76800,
-    102400, 204800, 512000, 819200, 1048576, 1572864, 2097152, 5242880, 10485760, 20971520,
-    52428800,
-)  # fmt: skip
-HTTP_DURATION_BOUNDS_MS: tuple[int, ...] = (
-    1, 2, 5, 10, 15, 20, 25, 30, 40, 45, 50, 60, 65, 70, 80, 90, 100, 110, 130, 150, 170, 200,
-    230, 260, 290, 330, 380, 430, 480, 500, 600, 700, 800, 900, 1000, 1100, 1300, 1500, 1800,
-    2000, 5000, 10000, 15000, 20000, 30000,
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +56,6 @@ def common_labels(traffic: Traffic) -> Labels:
         ("protocol", protocol),
         ("is_ssl", "true" if traffic.ssl else "false"),
     )
-
-
-def bucket_index(bounds: Sequence[float], value: float) -> int:
-    """The highest bucket whose lower bound is <= ``value``; below the first: the first."""
-    return max(0, bisect.bisect_right(bounds, value) - 1)
-
-
-def histogram(bounds: Sequence[float], values: Iterable[float]) -> list[int]:
-    counts = [0] * len(bounds)
-    for value in values:
-        counts[bucket_index(bounds, value)] += 1
-    return counts
 
 
 def traffic_meters(traffic: Traffic, prefix: str) -> list[NetworkMeter]:
@@ -137,10 +113,9 @@ def _buckets(bounds: Sequence[float], counts: Sequence[int]) -> Buckets | None:
 
 
 def _http_meters(traffic: Traffic, prefix: str, labels: Labels) -> list[NetworkMeter]:
-    """Spec 8.7, from the exchanges of the statistics side the traffic role selects."""
-    role = Role.SERVER if traffic.role is Role.SERVER else Role.CLIENT
-    exchanges = [e for e in traffic.exchanges if e.side is role]
-    if not exchanges:
+    """Spec 8.7, from the statistics of the side the traffic role selects."""
+    stats = traffic.http
+    if stats is None or not stats.requests:
         return []
     p = f"{prefix}_http1_"
     meters: list[NetworkMeter] = []
@@ -149,30 +124,19 @@ def _http_meters(traffic: Traffic, prefix: str, labels: Labels) -> list[NetworkM
         if value > 0:  # rule 8: counters and averages accumulating 0 are not sent
             meters.append(NetworkMeter(p + name, labels + extra, value=float(value)))
 
-    def average(name: str, values: list[int]) -> None:
-        if sum(values) > 0:
-            meters.append(NetworkMeter(p + name, labels, value=sum(values) / len(values)))
-
-    def hist(name: str, bounds: Sequence[int], values: list[int]) -> None:
-        buckets = _buckets([float(b) for b in bounds], histogram(bounds, values))
+    def hist(name: str, bounds: Sequence[int], counts: Sequence[int]) -> None:
+        buckets = _buckets([float(b) for b in bounds], counts)
         if buckets is not None:
             meters.append(NetworkMeter(p + name, labels, buckets=buckets))
 
-    single("request_counter", len(exchanges))
-    codes: dict[int, int] = {}
-    for exchange in exchanges:
-        codes[exchange.response.status] = codes.get(exchange.response.status, 0) + 1
-    for code in sorted(codes):
-        single("response_status_counter", codes[code], (("code", str(code)),))
-
-    request_sizes = [e.request.size for e in exchanges]
-    response_sizes = [e.response.size for e in exchanges]
-    durations = [e.duration_ms for e in exchanges]
+    single("request_counter", stats.requests)
+    for code in sorted(stats.statuses):
+        single("response_status_counter", stats.statuses[code], (("code", str(code)),))
     own = side(traffic.role)
-    average("request_package_size_avg", request_sizes)
-    average("response_package_size_avg", response_sizes)
-    hist("request_package_size_histogram", HTTP_SIZE_BOUNDS, request_sizes)
-    hist("response_package_size_histogram", HTTP_SIZE_BOUNDS, response_sizes)
-    average(f"{own}_duration_avg", durations)
-    hist(f"{own}_duration_histogram", HTTP_DURATION_BOUNDS_MS, durations)
+    single("request_package_size_avg", stats.request_bytes / stats.requests)
+    single("response_package_size_avg", stats.response_bytes / stats.requests)
+    hist("request_package_size_histogram", PACKAGE_SIZE_BUCKETS, stats.request_size_hist)
+    hist("response_package_size_histogram", PACKAGE_SIZE_BUCKETS, stats.response_size_hist)
+    single(f"{own}_duration_avg", stats.duration_ms / stats.requests)
+    hist(f"{own}_duration_histogram", DURATION_BUCKETS_MS, stats.duration_hist)
     return meters

@@ -190,6 +190,13 @@ class NetworkMonitor:
         log.info("network monitor started")
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # a bug here must be seen: monitoring stops, the log says why
+            log.exception("the network analyzer stopped")
+            self.counters["analyzer_crashes"] += 1
+
+    def _loop(self) -> None:
         period = self.config.report_interval
         next_report = time.monotonic() + period
         while not self._stop.is_set():
@@ -214,12 +221,17 @@ class NetworkMonitor:
             return
         with self._lock:
             for event in events:
-                if isinstance(event, DataSyscall):
-                    self._on_data(event)
-                elif isinstance(event, ConnectionClosed):
-                    self._on_close(event)
-                else:
-                    self._on_retransmit(event)
+                try:
+                    if isinstance(event, DataSyscall):
+                        self._on_data(event)
+                    elif isinstance(event, ConnectionClosed):
+                        self._on_close(event)
+                    else:
+                        self._on_retransmit(event)
+                except Exception:  # one bad event must not end the analyzer: logged once
+                    self.counters["events_failed"] += 1
+                    if self.counters["events_failed"] == 1:
+                        log.exception("a network event could not be analyzed (counted)")
 
     def _on_data(self, syscall: DataSyscall) -> None:
         parser = self._parsers.get(syscall.conn_id)
@@ -259,8 +271,9 @@ class NetworkMonitor:
 
     def _count_parser(self, parser: ConnectionParser) -> None:
         for name, n in parser.counters.items():
-            self.counters[name] += n
-        parser.counters.clear()
+            if n:
+                self.counters[name] += n
+                parser.counters[name] = 0
 
     def _report(self) -> None:
         observer = self._observer

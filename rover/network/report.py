@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from rover.config.model import NetworkConfig
 from rover.network.meters import NetworkMeter, traffic_meters
 from rover.network.model import Traffic
 from rover.network.traces import DEFAULT_ENCODING, SampledLog, SpanEvent, sampled_logs, span_events
@@ -42,3 +46,38 @@ def traffic_report(
             )
         ),
     )
+
+
+class ReportSink(Protocol):
+    counters: dict[str, int]
+
+    def send(self, reports: Sequence[TrafficReport], timestamp_ms: int) -> None: ...
+
+
+class TrafficReporter:
+    """The monitor's sender: each flush's traffics as reports, to the backend's sink."""
+
+    def __init__(self, sink: ReportSink, config: NetworkConfig) -> None:
+        self.sink = sink
+        self.config = config
+        # wall-clock time of boot, once (spec 8.10): monotonic event times -> epoch
+        self.boot_ns_wall = time.time_ns() - time.monotonic_ns()
+
+    def send(self, traffics: list[Traffic], flush_ms: int) -> None:
+        http = self.config.protocol_analyze.sampling_http
+        reports = [
+            traffic_report(
+                traffic,
+                prefix=self.config.meter_prefix,
+                flush_ms=flush_ms,
+                boot_ns_wall=self.boot_ns_wall,
+                request_encoding=http.default_request_encoding,
+                response_encoding=http.default_response_encoding,
+            )
+            for traffic in traffics
+        ]
+        self.sink.send(reports, flush_ms)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {f"report_{name}": n for name, n in self.sink.counters.items()}

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from rover.network.http_stats import HttpStats
+from rover.network.http_stats import HttpStats, bucket_index
 from rover.network.model import (
     L4_BUCKETS_NS,
     ConnectionStats,
@@ -92,11 +92,7 @@ def _delta(now: ConnectionStats, before: ConnectionStats | None) -> L4Delta:
 
 
 def _add_hist(hist: list[int], ns: int) -> None:
-    index = 0
-    for i, bound in enumerate(L4_BUCKETS_NS):
-        if ns >= bound:
-            index = i
-    hist[index] += 1
+    hist[bucket_index(L4_BUCKETS_NS, ns)] += 1
 
 
 class ConnectionTracker:
