@@ -92,7 +92,7 @@ def test_bounds_are_inclusive():
     assert task.duration_s == MAX_DURATION_S and task.start_time_ms == start
 
 
-def test_network_task_parses_but_is_not_supported():
+def test_network_task_parses_with_its_rules_and_runs_only_where_a_monitor_is():
     rules = {"NetworkSamplings": [{"URIRegex": "^/api", "When5xx": True}]}
     task = parse_task_command(
         task_args(TargetType="NETWORK", ExtensionConfigJSON=json.dumps(rules))
