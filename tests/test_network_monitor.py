@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 
@@ -26,6 +28,8 @@ from rover.network.monitor import NetworkMonitor
 from rover.process.model import Entity
 
 HIST = (0,) * len(L4_BUCKETS_NS)
+# live processes: the monitor forgets the connections of processes that exited
+A, B, C = os.getpid(), os.getppid(), 1
 SERVER = SocketAddress("10.0.0.1", 80)
 PEER = SocketAddress("10.0.0.9", 5555)
 
@@ -137,15 +141,15 @@ def wait_for(predicate, timeout: float = 5.0) -> None:
 def test_one_program_serves_every_task_and_processes_are_reference_counted():
     reports, observers = Reports(), []
     m = monitor(reports, observers)
-    m.watch("task-a", 10, "p10", entity("a"), [SamplingRule(None, when_5xx=True)])
-    m.watch("task-b", 10, "p10", entity("a"), [SamplingRule(None, when_5xx=True)])
-    m.watch("task-b", 11, "p11", entity("b"), [])
-    assert len(observers) == 1 and observers[0].pids == [10, 11]
-    m.unwatch_task("task-a")  # task-b still lists pid 10
-    assert observers[0].pids == [10, 11] and not observers[0].closed
+    m.watch("task-a", A, "p10", entity("a"), [SamplingRule(None, when_5xx=True)])
+    m.watch("task-b", A, "p10", entity("a"), [SamplingRule(None, when_5xx=True)])
+    m.watch("task-b", B, "p11", entity("b"), [])
+    assert len(observers) == 1 and observers[0].pids == [A, B]
+    m.unwatch_task("task-a")  # task-b still lists pid A
+    assert observers[0].pids == [A, B] and not observers[0].closed
     m.unwatch_task("task-b")
     assert observers[0].closed and m.watching() == {}
-    m.watch("task-c", 12, "p12", entity("c"), [])  # a new task loads a new program
+    m.watch("task-c", C, "p12", entity("c"), [])  # a new task loads a new program
     assert len(observers) == 2
     m.stop()
 
@@ -153,11 +157,11 @@ def test_one_program_serves_every_task_and_processes_are_reference_counted():
 def test_exchanges_are_counted_sampled_and_reported_per_interval():
     reports, observers = Reports(), []
     m = monitor(reports, observers)
-    m.watch("task", 10, "p10", entity("svc"), [SamplingRule(None, when_5xx=True)])
+    m.watch("task", A, "p10", entity("svc"), [SamplingRule(None, when_5xx=True)])
     observer = observers[0]
     with observer.lock:
-        observer.live = [server_conn(10, read_count=15, read_bytes=300)]
-        observer.events = [data(10, n) for n in range(15)]
+        observer.live = [server_conn(A, read_count=15, read_bytes=300)]
+        observer.events = [data(A, n) for n in range(15)]
     try:
         wait_for(lambda: sum(t.http.requests for ts, _ in reports.sent for t in ts if t.http) == 15)
         traffics = [t for ts, _ in reports.sent for t in ts]
@@ -175,10 +179,10 @@ def test_exchanges_are_counted_sampled_and_reported_per_interval():
 def test_a_close_reports_the_final_interval_and_the_last_task_flushes_what_is_left():
     reports, observers = Reports(), []
     m = monitor(reports, observers)
-    m.watch("task", 10, "p10", entity("svc"), [])
+    m.watch("task", A, "p10", entity("svc"), [])
     observer = observers[0]
     with observer.lock:
-        final = server_conn(10, read_count=3, close_ns=1000)
+        final = server_conn(A, read_count=3, close_ns=1000)
         observer.events = [ConnectionClosed(final, closed_at_ns=1)]
     m.unwatch_task("task")  # stops: the pending close is reported, not dropped
     closes = [t.l4.close_count for ts, _ in reports.sent for t in ts]
@@ -189,7 +193,7 @@ def test_a_close_reports_the_final_interval_and_the_last_task_flushes_what_is_le
 def test_a_failing_observer_read_is_counted_and_monitoring_goes_on():
     reports, observers = Reports(), []
     m = monitor(reports, observers)
-    m.watch("task", 10, "p10", entity("svc"), [])
+    m.watch("task", A, "p10", entity("svc"), [])
     observer = observers[0]
     calls = {"n": 0}
     real_poll = observer.poll
@@ -222,12 +226,29 @@ def test_an_event_that_cannot_be_analyzed_is_counted_and_the_rest_go_on():
         always_5xx,
         reports,
     )
-    m.watch("task", 10, "p10", entity("svc"), [])
+    m.watch("task", A, "p10", entity("svc"), [])
     with observers[0].lock:
-        observers[0].live = [server_conn(10, read_count=3)]
-        observers[0].events = [data(10, n) for n in range(3)]
+        observers[0].live = [server_conn(A, read_count=3)]
+        observers[0].events = [data(A, n) for n in range(3)]
     try:
         wait_for(lambda: sum(t.http.requests for ts, _ in reports.sent for t in ts if t.http) == 2)
         assert m.metrics()["events_failed"] == 1
+    finally:
+        m.stop()
+
+
+def test_a_process_that_exits_has_its_connections_forgotten_and_counted():
+    reports, observers = Reports(), []
+    m = monitor(reports, observers)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        m.watch("task", sleeper.pid, "p-sleep", entity("svc"), [])
+        with observers[0].lock:
+            observers[0].live = [server_conn(sleeper.pid, read_count=2)]
+        sleeper.kill()
+        sleeper.wait()
+        wait_for(lambda: m.metrics().get("processes_exited") == 1)
+        assert m.metrics()["connections_open_at_exit"] == 1
+        assert sleeper.pid not in observers[0].pids  # removed from the kernel's filter
     finally:
         m.stop()

@@ -83,6 +83,7 @@ class _Watched:
     entities: dict[str, Entity] = field(default_factory=dict)  # process id -> entity
     tasks: dict[str, set[str]] = field(default_factory=dict)  # process id -> task ids
     rules: list[SamplingRule] = field(default_factory=list)
+    exited: bool = False  # its connections were forgotten when it was seen gone
 
 
 class NetworkMonitor:
@@ -161,7 +162,7 @@ class NetworkMonitor:
                         )
                 if not watched.tasks:
                     del self._watched[pid]
-                    if self._observer is not None:
+                    if self._observer is not None and not watched.exited:
                         self._observer.remove_pid(pid)
                     self._tracker.forget_pid(pid)
                     for conn_id in [c for c, p in self._conn_pids.items() if p == pid]:
@@ -320,6 +321,7 @@ class NetworkMonitor:
                 self._count_parser(parser)
             for traffic in traffics:
                 traffic.sampled = _top_n(traffic.sampled)
+            self._forget_exited(observer, live)
         if not traffics:
             return
         try:
@@ -327,6 +329,27 @@ class NetworkMonitor:
         except queue.Full:
             self.counters["reports_dropped_backend_slow"] += 1
             log.warning("network report dropped: the previous ones are still being sent")
+
+    def _forget_exited(self, observer: Observer, live: list[ConnectionStats]) -> None:
+        """A process that exited closed its sockets without close(): the kernel never
+        says so. Its connections were reported a last time just now; they go, with the
+        process (a task still listing it keeps it listed, with nothing to watch)."""
+        for pid, watched in self._watched.items():
+            if watched.exited or self.hostfs.is_running(pid):
+                continue
+            watched.exited = True
+            observer.remove_pid(pid)
+            self._tracker.forget_pid(pid)
+            left_open = sum(1 for c in live if c.pid == pid)
+            self.counters["processes_exited"] += 1
+            self.counters["connections_open_at_exit"] += left_open
+            for conn_id in [c for c, p in self._conn_pids.items() if p == pid]:
+                del self._conn_pids[conn_id]
+                parser = self._parsers.pop(conn_id, None)
+                if parser is not None:
+                    parser.close()
+                    self._count_parser(parser)
+            log.info("network: process %d exited (%d connections open)", pid, left_open)
 
     def _send_reports(self) -> None:
         while True:
