@@ -43,6 +43,8 @@ bench: setup
 	$(PY) bench/bench_soak.py
 	$(PY) bench/bench_continuous.py
 	$(PY) bench/bench_convert.py
+	$(PY) bench/bench_network.py
+	$(PY) bench/bench_http1.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache tests/artifacts
