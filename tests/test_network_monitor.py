@@ -48,7 +48,7 @@ class FakeObserver:
     def remove_pid(self, pid: int) -> None:
         self.pids.remove(pid)
 
-    def poll(self, timeout_ms: int) -> list:
+    def poll(self, timeout_ms: int, max_events: int | None = None) -> list:
         with self.lock:
             events, self.events = self.events, []
         if not events:
@@ -198,11 +198,11 @@ def test_a_failing_observer_read_is_counted_and_monitoring_goes_on():
     calls = {"n": 0}
     real_poll = observer.poll
 
-    def flaky(timeout_ms: int) -> list:
+    def flaky(timeout_ms: int, max_events: int | None = None) -> list:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("ring buffer gone")
-        return real_poll(timeout_ms)
+        return real_poll(timeout_ms, max_events)
 
     observer.poll = flaky
     wait_for(lambda: calls["n"] > 2)

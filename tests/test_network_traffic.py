@@ -218,3 +218,26 @@ def test_bucket_choice_follows_the_spec():
     assert bucket_index(L4_BUCKETS_NS, 10**12) == len(L4_BUCKETS_NS) - 1
     assert bucket_index(DURATION_BUCKETS_MS, 0) == 0  # below the first bound: the first
     assert bucket_index(DURATION_BUCKETS_MS, 4) == 1
+
+
+def test_a_connection_gone_without_its_close_event_still_reports_its_last_requests():
+    tracker = ConnectionTracker(100)
+    live = [stats(2, SERVER_PID, Role.SERVER, SERVER, CLIENT, read_count=3)]
+    tracker.report(live)
+    tracker.add_exchange_stats(2, exchange(5, 200))
+    # the record is gone and no close event came (the ring buffer was full)
+    (traffic,) = build_traffics(tracker.report([]), tracker, context(), no_lookup)
+    assert traffic.http is not None and traffic.http.requests == 1
+    assert traffic.l4.read_count == 0
+    assert tracker.counters["connections_gone_without_close"] == 1
+    assert len(tracker) == 0
+
+
+def test_exchanges_of_a_connection_never_seen_are_counted_lost_after_a_report():
+    tracker = ConnectionTracker(100)
+    tracker.add_exchange_stats(9, exchange(5, 200))
+    assert tracker.report([]) == []  # its record may come with the next read
+    assert len(tracker) == 1
+    assert tracker.report([]) == []
+    assert len(tracker) == 0
+    assert tracker.counters["http_exchanges_without_connection"] == 1

@@ -122,6 +122,22 @@ def test_full_ring_drops_and_recovers(program: LoadedProgram) -> None:
         ring.close()
 
 
+def test_a_limit_bounds_one_read_and_the_rest_waits_in_order(program: LoadedProgram) -> None:
+    ring = RingBuffer(program.handover.maps["out"])
+    try:
+        ring.consume()
+        for _ in range(9):
+            os.getppid()
+        first = ring.consume(limit=4)
+        second = ring.poll(1000, limit=4)
+        rest = ring.consume()
+        seqs = [struct.unpack_from("<Q", r)[0] for r in first + second + rest]
+        assert (len(first), len(second), len(rest)) == (4, 4, 1)
+        assert seqs == list(range(seqs[0], seqs[0] + 9))
+    finally:
+        ring.close()
+
+
 def test_poll_times_out_empty(program: LoadedProgram) -> None:
     ring = RingBuffer(program.handover.maps["out"])
     try:

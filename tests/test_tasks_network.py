@@ -18,12 +18,16 @@ class FakeNetwork:
     def __init__(self) -> None:
         self.watched: dict[str, list[tuple[int, str, list[SamplingRule]]]] = {}
         self.ended: list[str] = []
+        self.prepared = 0
 
     def watch(self, task_id, pid, process_id, entity, rules) -> None:
         self.watched.setdefault(task_id, []).append((pid, process_id, rules))
 
     def unwatch_task(self, task_id) -> None:
         self.ended.append(task_id)
+
+    def prepare(self) -> None:
+        self.prepared += 1
 
 
 class NoEngines:
@@ -82,6 +86,7 @@ def test_a_network_task_watches_its_processes_with_its_rules_until_its_end():
         parse_task_command(command(clock, json.dumps(RULES)), int(clock.now * 1000))
     )
     manager.tick()
+    assert network.prepared == 1  # loaded before the manager's lock was taken
     ((pid, process_id, rules),) = network.watched["net-1"]
     assert (pid, process_id) == (os.getpid(), "p1")
     assert rules == [SamplingRule("^/api", min_duration_ms=100, when_5xx=True)]

@@ -52,10 +52,14 @@ class RingBuffer:
         self._epoll = select.epoll()
         self._epoll.register(fd, select.EPOLLIN)
 
-    def consume(self, callback: Callable[[memoryview], object] | None = None) -> list[bytes]:
-        """Every record ready now, in order: passed to ``callback`` (a memoryview valid
-        only during the call) or, without one, returned as bytes."""
+    def consume(
+        self, callback: Callable[[memoryview], object] | None = None, limit: int | None = None
+    ) -> list[bytes]:
+        """The records ready now, in order, at most ``limit`` of them (a busy producer
+        would otherwise keep the reader here for good): passed to ``callback`` (a
+        memoryview valid only during the call) or, without one, returned as bytes."""
         out: list[bytes] = []
+        left = -1 if limit is None else limit
         consumer = _U64.unpack_from(self._consumer, 0)[0]
         data, mask = self._data, self._mask
         while True:
@@ -63,6 +67,10 @@ class RingBuffer:
             if consumer >= producer:
                 break
             while consumer < producer:
+                if left == 0:
+                    _U64.pack_into(self._consumer, 0, consumer)
+                    return out
+                left -= 1
                 start = consumer & mask
                 length = _U32.unpack_from(data, start)[0]
                 if length & BUSY:
@@ -81,13 +89,16 @@ class RingBuffer:
         return out
 
     def poll(
-        self, timeout_ms: int, callback: Callable[[memoryview], object] | None = None
+        self,
+        timeout_ms: int,
+        callback: Callable[[memoryview], object] | None = None,
+        limit: int | None = None,
     ) -> list[bytes]:
         """Wait up to ``timeout_ms`` (-1: forever) for records, then :meth:`consume`."""
         if not self.available():
             with contextlib.suppress(InterruptedError):
                 self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
-        return self.consume(callback)
+        return self.consume(callback, limit)
 
     def available(self) -> int:
         """Bytes written and not consumed yet."""

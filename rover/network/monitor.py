@@ -55,7 +55,7 @@ Event = DataSyscall | ConnectionClosed | Retransmit
 class Observer(Protocol):
     def add_pid(self, pid: int) -> None: ...
     def remove_pid(self, pid: int) -> None: ...
-    def poll(self, timeout_ms: int) -> list[Event]: ...
+    def poll(self, timeout_ms: int, max_events: int | None = None) -> list[Event]: ...
     def connections(self) -> list[ConnectionStats]: ...
     def counters(self) -> dict[str, int]: ...
     def close(self) -> None: ...
@@ -171,6 +171,12 @@ class NetworkMonitor:
                         if parser is not None:
                             self._count_parser(parser)
 
+    def prepare(self) -> None:
+        """Load the program if no task has yet (seconds: the caller holds no lock of its
+        own meanwhile)."""
+        with self._lock:
+            self._ensure_running()
+
     def watching(self) -> dict[int, list[str]]:
         with self._lock:
             return {pid: sorted(w.entities) for pid, w in self._watched.items()}
@@ -214,7 +220,7 @@ class NetworkMonitor:
         if observer is None:
             return
         try:
-            events = observer.poll(timeout_ms)
+            events = observer.poll(timeout_ms, self.config.protocol_analyze.queue_size)
         except Exception:  # a broken read must not end monitoring of every task
             log.exception("network events could not be read")
             self.counters["event_read_errors"] += 1

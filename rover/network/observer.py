@@ -305,13 +305,14 @@ class NetworkObserver:
                         del m[key]
 
     # -- reading -------------------------------------------------------------
-    def poll(self, timeout_ms: int) -> list[NetworkObserver.Event]:
-        """Events ready within ``timeout_ms``, in order; fd questions answered here."""
+    def poll(self, timeout_ms: int, max_events: int | None = None) -> list[NetworkObserver.Event]:
+        """Events ready within ``timeout_ms``, in order, at most ``max_events`` records;
+        fd questions answered here."""
         ring = self._ring
         if ring is None:
             raise RuntimeError("the network observer is not started")
         out: list[NetworkObserver.Event] = []
-        ring.poll(timeout_ms, lambda record: self._decode(record, out))
+        ring.poll(timeout_ms, lambda record: self._decode(record, out), max_events)
         return out
 
     def connections(self) -> list[ConnectionStats]:

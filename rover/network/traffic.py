@@ -64,6 +64,7 @@ class _Tracked:
     sampled: list[SampledExchange] = field(default_factory=list)
     retransmits: int = 0
     http_role: Role = Role.UNKNOWN  # inferred from who sent the requests
+    unseen_reports: int = 0  # reports since it was tracked without a kernel record
 
 
 @dataclass(slots=True)
@@ -175,6 +176,25 @@ class ConnectionTracker:
             delta.retransmits = tracked.retransmits
             role = stats.role if stats.role is not Role.UNKNOWN else tracked.http_role
             intervals.append(_Interval(stats, delta, tracked, role))
+        # Gone without a close event (it was dropped, or the record was): what the parser
+        # counted for it since the last report still goes out, under its last values.
+        for conn_id, tracked in list(self._tracked.items()):
+            if conn_id in seen:
+                continue
+            if tracked.last is None:
+                # exchanges parsed before the kernel's record was read: wait one report;
+                # a record never seen (made and closed in between, its close event lost)
+                # cannot be named: its exchanges are counted as lost
+                tracked.unseen_reports += 1
+                if tracked.unseen_reports > 1:
+                    lost = sum(s.requests for s in (tracked.http_client, tracked.http_server) if s)
+                    self.counters["http_exchanges_without_connection"] += lost
+                    del self._tracked[conn_id]
+                continue
+            self.counters["connections_gone_without_close"] += 1
+            role = tracked.last.role if tracked.last.role is not Role.UNKNOWN else tracked.http_role
+            intervals.append(_Interval(tracked.last, L4Delta(), tracked, role))
+            self._closed[conn_id] = tracked.last  # forgotten below, like a closed one
         # What was reported becomes the baseline; closed ones are done.
         for interval in intervals:
             tracked = interval.tracked

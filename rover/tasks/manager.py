@@ -44,6 +44,10 @@ class NetworkTasks(Protocol):
 
     def unwatch_task(self, task_id: str) -> None: ...
 
+    def prepare(self) -> None:
+        """Load the program now (seconds), so that watch() does not."""
+        ...
+
 
 class Uploader(Protocol):
     def add(
@@ -216,7 +220,15 @@ class TaskManager:
                 if run.state == "waiting" and now >= run.task.start_time_ms and not run.is_network
                 for pid in run.pids.values()
             ]
+            network_due = any(
+                run.is_network and run.state == "waiting" and now >= run.task.start_time_ms
+                for run in self._runs.values()
+            )
         self._load_engines(due)
+        if network_due and self.network is not None:
+            # compiled outside the lock too; a failure is the task start's to report
+            with contextlib.suppress(BPFLoadError, KernelHeadersNotFound):
+                self.network.prepare()
         with self._lock:
             for run in list(self._runs.values()):
                 if run.state == "waiting" and now >= run.task.start_time_ms:
@@ -292,6 +304,7 @@ class TaskManager:
             self._fail(run, str(exc).splitlines()[0])
             return
         if not watched:
+            self.network.unwatch_task(run.task.task_id)  # frees a program loaded for it
             self._fail(run, "none of its processes is running")
             return
         run.state = "running"
