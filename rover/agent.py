@@ -39,6 +39,7 @@ from rover.health import HealthServer, Liveness, Readiness
 from rover.hostfs import HostFS
 from rover.metrics import AgentParts, agent_registry
 from rover.network.http1 import Http1Parser
+from rover.network.model import SamplingRule
 from rover.network.monitor import NetworkMonitor
 from rover.network.observer import NetworkObserver, observer_config
 from rover.network.report import TrafficReporter
@@ -353,9 +354,10 @@ class _TriggeredTasks:
         target_type: str,
         processes: list[tuple[str, DiscoveredProcess]],
         duration_s: int,
+        rules: list[SamplingRule] | None = None,
     ) -> None:
         pids = {process_id: process.pid for process_id, process in processes}
-        self.manager.run_now(task_id, target_type, pids, duration_s)
+        self.manager.run_now(task_id, target_type, pids, duration_s, rules=rules)
 
 
 def build_finders(config: AgentConfig, agent_id: str) -> list[ProcessFinder]:
