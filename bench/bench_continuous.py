@@ -97,7 +97,7 @@ class InProcessBackend:
         self.triggers += 1
         return f"task-{self.triggers}"
 
-    def start(self, task_id, target_type, processes, duration_s) -> None:
+    def start(self, task_id, target_type, processes, duration_s, rules=None) -> None:
         pass
 
     def send(self, samples: list[MeterSample]) -> None:

@@ -34,11 +34,13 @@ from rover.bpf.tracefs import ensure_tracefs
 from rover.byte_cache import CacheStats, HasCaches
 from rover.config import AgentConfig
 from rover.continuous import ContinuousProfiler
+from rover.continuous.http_monitor import HttpMonitor
 from rover.deadline import Deadline
 from rover.health import HealthServer, Liveness, Readiness
 from rover.hostfs import HostFS
 from rover.metrics import AgentParts, agent_registry
 from rover.network.http1 import Http1Parser
+from rover.network.model import SamplingRule
 from rover.network.monitor import NetworkMonitor
 from rover.network.observer import NetworkObserver, observer_config
 from rover.network.report import TrafficReporter
@@ -110,6 +112,7 @@ class Agent:
             network=self.network,
         )
         self.poller = TaskPoller(self.client, self.agent_id, self.tasks)
+        self.http_monitor = self._http_monitor() if config.profiling.active else None
         self.continuous = self._continuous() if config.profiling.active else None
         self.loops = self._loops()
         self._stopped = threading.Event()
@@ -137,7 +140,20 @@ class Agent:
             tasks=_TriggeredTasks(self.tasks),
             meters=BackendMeterSink(self.client),
             processes=self.reporter,
+            http=self.http_monitor,
         )
+
+    def _http_monitor(self) -> HttpMonitor:
+        """Continuous profiling's HTTP monitors: an observer of their own (spec 8.13),
+        compiled when the first process with an HTTP check item is watched."""
+        network = self.config.profiling.task.network
+
+        def observer() -> NetworkObserver:
+            observer = NetworkObserver(self.headers.find(), observer_config(network))
+            observer.start()
+            return observer
+
+        return HttpMonitor(observer, Http1Parser, max_connections=network.max_connections)
 
     def _network_monitor(self) -> NetworkMonitor:
         """NETWORK tasks' monitor: its program is compiled when the first task starts."""
@@ -155,7 +171,12 @@ class Agent:
     def network_counters(self) -> dict[str, int]:
         if self.network is None:
             return {}
-        return {**self.network.metrics(), **self._network_reporter.counters}
+        http = self.http_monitor.metrics() if self.http_monitor is not None else {}
+        return {
+            **self.network.metrics(),
+            **self._network_reporter.counters,
+            **{f"continuous_{name}": n for name, n in http.items()},
+        }
 
     def _health_server(self) -> HealthServer | None:
         """/healthz, /readyz and /metrics, when core.health.address is set."""
@@ -292,7 +313,11 @@ class Agent:
         # the parts that touch neither BPF nor the backend stop alongside the rest
         others = threading.Thread(target=self._stop_others, name="stop-others", daemon=True)
         others.start()
+        http_freed = self.http_monitor is None or self.http_monitor.close(
+            timeout=deadline.remaining(keep=FINAL_UPLOAD_MIN)
+        )
         bpf_freed = self.tasks.stop_all(timeout=deadline.remaining(keep=FINAL_UPLOAD_MIN))
+        bpf_freed = bpf_freed and http_freed
         self.uploader.flush(timeout=deadline.remaining(keep=CLOSE_RESERVE))
         self.client.close(timeout=deadline.remaining())  # cancels calls loops still wait on
         for loop in loops:
@@ -353,9 +378,10 @@ class _TriggeredTasks:
         target_type: str,
         processes: list[tuple[str, DiscoveredProcess]],
         duration_s: int,
+        rules: list[SamplingRule] | None = None,
     ) -> None:
         pids = {process_id: process.pid for process_id, process in processes}
-        self.manager.run_now(task_id, target_type, pids, duration_s)
+        self.manager.run_now(task_id, target_type, pids, duration_s, rules=rules)
 
 
 def build_finders(config: AgentConfig, agent_id: str) -> list[ProcessFinder]:

@@ -21,6 +21,7 @@ from rover.backend.errors import BackendUnavailable
 from rover.backend.proto.ebpf.profiling import Continuous_pb2
 from rover.backend.proto.language_agent import Meter_pb2
 from rover.continuous import Cause, MeterSample, MonitorType, ServicePolicy, TargetType, Trigger
+from rover.continuous.http_series import GLOBAL, PATH, REGEX, Uri
 from rover.process.model import DiscoveredProcess, Entity, ProcessKind
 
 ENTITY = Entity("OS_LINUX", "prod::checkout", "checkout-7f9", "java", ("k8s-service",))
@@ -69,10 +70,38 @@ def test_report_carries_the_entity_causes_duration_and_on_cpu_target():
 
 def test_off_cpu_target_and_unsupported_ones():
     assert report_to_proto(trigger(TargetType.OFF_CPU)).WhichOneof("targetTask") == "offCPU"
-    with pytest.raises(ValueError, match="NETWORK"):
-        report_to_proto(trigger(TargetType.NETWORK))
-    with pytest.raises(ValueError, match="HTTP_ERROR_RATE"):
+    with pytest.raises(ValueError, match="HTTP_ERROR_RATE"):  # an HTTP cause needs its uri
         report_to_proto(trigger(TargetType.ON_CPU, Cause(MonitorType.HTTP_ERROR_RATE, 5, 9)))
+
+
+def test_network_target_with_uri_causes_and_sampling_regexes():
+    causes = (
+        Cause(MonitorType.HTTP_ERROR_RATE, 20, 50, Uri(PATH, "/fail")),
+        Cause(MonitorType.HTTP_AVG_RESPONSE_TIME, 100, 300, Uri(REGEX, "^/api/.*")),
+        Cause(MonitorType.PROCESS_CPU, 80, 90),
+    )
+    report = report_to_proto(trigger(TargetType.NETWORK, *causes))
+    again = Continuous_pb2.ContinuousProfilingReport.FromString(report.SerializeToString())
+    assert again.WhichOneof("targetTask") == "network"
+    assert list(again.network.samplingURIRegexes) == ["/fail", "^/api/.*"]
+    first, second, third = again.causes
+    assert (first.type, first.WhichOneof("cause")) == (Continuous_pb2.HTTPErrorRate, "uri")
+    assert (first.uri.WhichOneof("uri"), first.uri.path) == ("path", "/fail")
+    assert (first.uri.threshold, first.uri.current) == (20, 50)
+    assert second.type == Continuous_pb2.HTTPAvgResponseTime
+    assert (second.uri.WhichOneof("uri"), second.uri.regex) == ("regex", "^/api/.*")
+    assert third.WhichOneof("cause") == "singleValue"
+    # a cause counting every request: path "" and the single catch-all regex
+    every = report_to_proto(
+        trigger(TargetType.NETWORK, *causes, Cause(MonitorType.HTTP_ERROR_RATE, 5, 9, Uri(GLOBAL)))
+    )
+    again = Continuous_pb2.ContinuousProfilingReport.FromString(every.SerializeToString())
+    assert list(again.network.samplingURIRegexes) == [""]
+    assert (again.causes[3].uri.WhichOneof("uri"), again.causes[3].uri.path) == ("path", "")
+    # no URI cause: the list is empty, the target still says network
+    cpu_only = report_to_proto(trigger(TargetType.NETWORK))
+    assert cpu_only.WhichOneof("targetTask") == "network"
+    assert list(cpu_only.network.samplingURIRegexes) == []
 
 
 def test_task_id_from_a_good_reply():

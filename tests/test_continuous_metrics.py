@@ -136,7 +136,7 @@ class Recorder:
         self.reports.append(trigger)
         return "task-1"
 
-    def start(self, task_id, target_type, processes, duration_s):
+    def start(self, task_id, target_type, processes, duration_s, rules=None):
         self.started.append((task_id, target_type, [pid for pid, _ in processes]))
 
     def send(self, samples):

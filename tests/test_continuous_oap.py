@@ -45,7 +45,7 @@ class Tasks:
     def __init__(self) -> None:
         self.started: list[tuple[str, str, list[str], int]] = []
 
-    def start(self, task_id, target_type, processes, duration_s) -> None:
+    def start(self, task_id, target_type, processes, duration_s, rules=None) -> None:
         self.started.append((task_id, target_type, [pid for pid, _ in processes], duration_s))
 
 

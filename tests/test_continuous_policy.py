@@ -193,7 +193,12 @@ def test_build_check_item_directly():
     item = build_check_item("OFF_CPU", "PROCESS_THREAD_COUNT", "100", 1, 1)
     assert item == CheckItem(TargetType.OFF_CPU, MonitorType.PROCESS_THREAD_COUNT, 100.0, 1, 1)
     assert item.measured
-    assert not build_check_item("NETWORK", "HTTP_ERROR_RATE", "1", 5, 5).measured
+    http = build_check_item("NETWORK", "HTTP_ERROR_RATE", "1", 5, 5)
+    assert http.measured and http.http and not item.http
+    with pytest.raises(InvalidCheckItem, match="URIRegex"):
+        build_check_item("NETWORK", "HTTP_ERROR_RATE", "1", 5, 5, uri_regex="(/api")
+    # the regex is not used when URIs are listed
+    assert build_check_item("NETWORK", "HTTP_ERROR_RATE", "1", 5, 5, ["/a"], "(").uri_list
     with pytest.raises(InvalidCheckItem, match="count 6 is larger than period 5"):
         build_check_item("ON_CPU", "PROCESS_CPU", "1", 5, 6)
 

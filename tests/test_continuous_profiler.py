@@ -105,12 +105,14 @@ class FakeTriggers:
 class FakeTasks:
     def __init__(self) -> None:
         self.started: list[tuple[str, str, list[tuple[str, DiscoveredProcess]], int]] = []
+        self.rules: list[object] = []  # per start
         self.fail = False
 
-    def start(self, task_id, target_type, processes, duration_s) -> None:
+    def start(self, task_id, target_type, processes, duration_s, rules=None) -> None:
         if self.fail:
             raise RuntimeError("no BPF")
         self.started.append((task_id, target_type, processes, duration_s))
+        self.rules.append(rules)
 
 
 class FakeMeters:
@@ -300,7 +302,7 @@ def test_system_load_triggers_every_covered_process():
     assert h.metrics.reads == []  # only the load was read: no process item
 
 
-def test_http_items_are_accepted_logged_once_and_the_rest_still_works(caplog):
+def test_http_items_without_an_http_source_are_logged_once_and_the_rest_still_works(caplog):
     h = Harness({"p1": process(1), "p2": process(2)})
     http = CheckItem(TargetType.ON_CPU, MonitorType.HTTP_ERROR_RATE, 5, 10, 5, uri_regex=".*")
     h.policy(ServicePolicy("svc", "v1", (http, item(CPU, 80, 5, 5))))
@@ -314,16 +316,16 @@ def test_http_items_are_accepted_logged_once_and_the_rest_still_works(caplog):
     assert caplog.text.count("HTTP_ERROR_RATE needs HTTP observation") == 1
 
 
-def test_network_targets_never_trigger_and_are_logged_once(caplog):
+def test_network_targets_trigger_a_network_task_without_rules_for_non_http_causes():
     h = Harness({"p1": process(1)})
     h.policy(ServicePolicy("svc", "v1", (item(CPU, 10, 5, 1, target=TargetType.NETWORK),)))
-    with caplog.at_level(logging.WARNING):
-        h.profiler.check_once()
-        h.metrics.cpu[1] = 90
-        h.run(5)
-        h.run(5)
-    assert h.triggers.reports == []
-    assert caplog.text.count("NETWORK profiling, which this agent does not support") == 1
+    h.profiler.check_once()
+    h.metrics.cpu[1] = 90
+    h.run(5)
+    h.run(5)
+    (trigger,) = h.triggers.reports
+    assert trigger.target is TargetType.NETWORK and trigger.sampling_uri_regexes() == ()
+    assert [s[1] for s in h.tasks.started] == ["NETWORK"] and h.tasks.rules == [[]]
     assert h.meters.sent and h.meters.sent[-1][0].name == "rover_con_p_process_cpu"
 
 

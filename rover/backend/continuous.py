@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from rover.backend.commands import CommandData
 from rover.backend.proto.ebpf.profiling import Continuous_pb2
 from rover.backend.proto.language_agent import Meter_pb2
+from rover.continuous.http_series import REGEX
 from rover.continuous.meters import MeterSample
 from rover.continuous.policy import (
     CheckItem,
@@ -25,7 +26,7 @@ from rover.continuous.policy import (
     TargetType,
     build_check_item,
 )
-from rover.continuous.trigger import Trigger
+from rover.continuous.trigger import Cause, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ _SINGLE_VALUE_MONITORS = {
     MonitorType.PROCESS_CPU: Continuous_pb2.ProcessCPU,
     MonitorType.PROCESS_THREAD_COUNT: Continuous_pb2.ProcessThreadCount,
     MonitorType.SYSTEM_LOAD: Continuous_pb2.SystemLoad,
+}
+_URI_MONITORS = {
+    MonitorType.HTTP_ERROR_RATE: Continuous_pb2.HTTPErrorRate,
+    MonitorType.HTTP_AVG_RESPONSE_TIME: Continuous_pb2.HTTPAvgResponseTime,
 }
 
 
@@ -202,22 +207,41 @@ def report_to_proto(trigger: Trigger) -> Continuous_pb2.ContinuousProfilingRepor
         duration=trigger.duration_s,
     )
     for cause in trigger.causes:
-        monitor = _SINGLE_VALUE_MONITORS.get(cause.monitor)
-        if monitor is None:
-            raise ValueError(f"cannot report a {cause.monitor} cause: no URI causes are produced")
-        report.causes.add(
-            type=monitor,
-            singleValue=Continuous_pb2.ContinuousProfilingSingleValueCause(
-                threshold=cause.threshold, current=cause.current
-            ),
-        )
+        report.causes.append(_cause(cause))
     if trigger.target is TargetType.ON_CPU:
         report.onCPU.SetInParent()
     elif trigger.target is TargetType.OFF_CPU:
         report.offCPU.SetInParent()
+    elif trigger.target is TargetType.NETWORK:
+        report.network.SetInParent()
+        report.network.samplingURIRegexes.extend(trigger.sampling_uri_regexes())
     else:
         raise ValueError(f"cannot report a {trigger.target} trigger: not supported")
     return report
+
+
+def _cause(cause: Cause) -> Continuous_pb2.ContinuousProfilingCause:
+    """A single-value cause, or for HTTP monitors a ``uri`` cause: ``path`` for a listed
+    path and for "every request" (path ""), ``regex`` for a URIRegex (spec 8.13 rule 9)."""
+    single = _SINGLE_VALUE_MONITORS.get(cause.monitor)
+    if single is not None and cause.uri is None:
+        return Continuous_pb2.ContinuousProfilingCause(
+            type=single,
+            singleValue=Continuous_pb2.ContinuousProfilingSingleValueCause(
+                threshold=cause.threshold, current=cause.current
+            ),
+        )
+    uri_type = _URI_MONITORS.get(cause.monitor)
+    if uri_type is None or cause.uri is None:
+        raise ValueError(f"cannot report a {cause.monitor} cause without its value kind")
+    uri = Continuous_pb2.ContinuousProfilingURICause(
+        threshold=cause.threshold, current=cause.current
+    )
+    if cause.uri.kind == REGEX:
+        uri.regex = cause.uri.value
+    else:
+        uri.path = cause.uri.value  # "" for the global series
+    return Continuous_pb2.ContinuousProfilingCause(type=uri_type, uri=uri)
 
 
 def task_id_from_reply(commands: list[CommandData]) -> str:

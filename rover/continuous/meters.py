@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from rover.continuous.plan import SeriesKey, series_key
+from rover.continuous.plan import SeriesKey, series_key, watch_series
 from rover.continuous.policy import MonitorType
 from rover.continuous.policy_cache import Watch
 from rover.continuous.windows import WindowStore
@@ -32,15 +33,48 @@ def collect_meters(
     prefix: str,
     newer_than: int,
     timestamp_ms: int,
+    through: int | None = None,
+    slot_ms: Callable[[int], int] | None = None,
 ) -> list[MeterSample]:
     """The latest value of each watched (process, monitor) whose series got a sample
     in a slot after ``newer_than``; one meter per process even when several items
     (e.g. ON_CPU and OFF_CPU) watch the same monitor. System load is repeated per
-    process, as the OAP aggregates it per instance."""
+    process, as the OAP aggregates it per instance.
+
+    HTTP series send one meter per slot in ``newer_than < slot <= through``, stamped
+    ``slot_ms(slot)``, labelled with their ``uri`` (spec 4.7.7); seconds without
+    requests have no slot and send nothing."""
     samples: list[MeterSample] = []
     seen: set[tuple[str, MonitorType]] = set()
+    seen_http: set[tuple[str, SeriesKey]] = set()
     for watch in watches:
         monitor = watch.item.monitor
+        if watch.item.http and watch.item.measured:
+            for key, uri in watch_series(watch):
+                if (watch.process_id, key) in seen_http or uri is None:
+                    continue
+                seen_http.add((watch.process_id, key))
+                window = windows.get(key)
+                if window is None:
+                    continue
+                last = through if through is not None else 2**62
+                entity = watch.process.entity
+                for slot, value in window.between(newer_than, last):
+                    samples.append(
+                        MeterSample(
+                            name=meter_name(prefix, monitor),
+                            value=value,
+                            service=entity.service_name,
+                            instance=entity.instance_name,
+                            labels=(
+                                ("uri", uri.label),
+                                ("process_name", entity.process_name),
+                                ("layer", entity.layer),
+                            ),
+                            timestamp_ms=slot_ms(slot) if slot_ms else timestamp_ms,
+                        )
+                    )
+            continue
         if not watch.item.measured or (watch.process_id, monitor) in seen:
             continue
         seen.add((watch.process_id, monitor))

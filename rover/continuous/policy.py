@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,12 +31,12 @@ class MonitorType(enum.StrEnum):
     HTTP_AVG_RESPONSE_TIME = "HTTP_AVG_RESPONSE_TIME"
 
 
-# Monitors this agent can measure; HTTP ones need network observation it does not have.
-MEASURED_MONITORS = frozenset(
-    {MonitorType.PROCESS_CPU, MonitorType.PROCESS_THREAD_COUNT, MonitorType.SYSTEM_LOAD}
-)
-# Targets this agent can start a task for (NETWORK profiling is not implemented).
-TRIGGERABLE_TARGETS = frozenset({TargetType.ON_CPU, TargetType.OFF_CPU})
+# Monitors fed by served HTTP requests (rover.continuous.http_monitor), not by psutil.
+HTTP_MONITORS = frozenset({MonitorType.HTTP_ERROR_RATE, MonitorType.HTTP_AVG_RESPONSE_TIME})
+# Monitors this agent can measure: all of them (HTTP ones need the HTTP event source).
+MEASURED_MONITORS = frozenset(MonitorType)
+# Targets this agent can start a task for.
+TRIGGERABLE_TARGETS = frozenset(TargetType)
 
 
 class InvalidCheckItem(ValueError):
@@ -58,6 +59,10 @@ class CheckItem:
     @property
     def measured(self) -> bool:
         return self.monitor in MEASURED_MONITORS
+
+    @property
+    def http(self) -> bool:
+        return self.monitor in HTTP_MONITORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,11 @@ def build_check_item(
         raise InvalidCheckItem(f"count {count} must be > 0")
     if count > period:
         raise InvalidCheckItem(f"count {count} is larger than period {period}")
+    if monitor_type in HTTP_MONITORS and not uri_list and uri_regex:
+        try:
+            re.compile(uri_regex)  # Python's syntax, not RE2's: close for URI patterns
+        except re.error as exc:
+            raise InvalidCheckItem(f"URIRegex {uri_regex!r} is invalid: {exc}") from None
     return CheckItem(
         target=target_type,
         monitor=monitor_type,

@@ -6,11 +6,14 @@ implement these; tests pass fakes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
+from rover.continuous.http_series import HttpEvent
 from rover.continuous.meters import MeterSample
 from rover.continuous.policy import ServicePolicy
 from rover.continuous.trigger import Trigger
+from rover.network.model import SamplingRule
 from rover.process.model import DiscoveredProcess
 
 
@@ -37,9 +40,10 @@ class TaskStarter(Protocol):
         target_type: str,
         processes: list[tuple[str, DiscoveredProcess]],
         duration_s: int,
+        rules: list[SamplingRule] | None = None,
     ) -> None:
         """Run the task now on these (backend process id, process) pairs and
-        upload its data like any other task."""
+        upload its data like any other task; ``rules``: a NETWORK task's sampling."""
         ...
 
 
@@ -52,4 +56,16 @@ class MeterSink(Protocol):
 class ProcessSource(Protocol):
     def registered(self) -> dict[str, DiscoveredProcess]:
         """Every process the backend knows: backend process id -> process."""
+        ...
+
+
+class HttpEventSource(Protocol):
+    """Served HTTP requests of the processes with an HTTP check item (spec 8.13)."""
+
+    def watch(self, pids: Iterable[int]) -> None:
+        """Observe exactly these processes from now on (none: release everything)."""
+        ...
+
+    def drain(self) -> list[HttpEvent]:
+        """The requests completed since the last call, oldest first."""
         ...

@@ -20,12 +20,27 @@ from dataclasses import dataclass
 
 from rover.config import ContinuousConfig
 from rover.continuous.checker import Checker
+from rover.continuous.http_series import HttpEvent, SlotTotals, Uri
 from rover.continuous.meters import MeterSample, collect_meters
 from rover.continuous.metrics import MetricsReader, ProcessKey, ProcessVanished, PsutilMetrics
-from rover.continuous.plan import FetchPlan, SeriesKey, plan_fetch, process_key, window_capacities
-from rover.continuous.policy import MonitorType
+from rover.continuous.plan import (
+    FetchPlan,
+    SeriesKey,
+    plan_fetch,
+    process_key,
+    watch_series,
+    window_capacities,
+)
+from rover.continuous.policy import MonitorType, TargetType
 from rover.continuous.policy_cache import PolicyCache, Watch
-from rover.continuous.ports import MeterSink, PolicySource, ProcessSource, TaskStarter, TriggerSink
+from rover.continuous.ports import (
+    HttpEventSource,
+    MeterSink,
+    PolicySource,
+    ProcessSource,
+    TaskStarter,
+    TriggerSink,
+)
 from rover.continuous.silence import TriggerHistory
 from rover.continuous.trigger import Finding, dimension_of, group_triggers
 from rover.continuous.windows import WindowStore
@@ -36,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # Meters kept for a retry when the backend is down (about 20 rounds of 500 processes).
 MAX_UNSENT_METERS = 10_000
+# Seconds an HTTP slot's totals stay open for requests reported late (a slow response
+# completes the request well after it was read); older requests are dropped, counted.
+HTTP_LATE_SLOTS = 30
 
 
 @dataclass
@@ -52,6 +70,9 @@ class ProfilerStats:
     meter_sends: int = 0
     meter_send_failures: int = 0
     meters_dropped: int = 0
+    http_events: int = 0  # served requests taken from the HTTP event source
+    http_events_unwatched: int = 0  # of a process no HTTP item watches (any more)
+    http_events_late: int = 0  # older than HTTP_LATE_SLOTS: dropped
 
 
 class _RepeatedWarnings:
@@ -85,6 +106,7 @@ class ContinuousProfiler:
         meters: MeterSink,
         processes: ProcessSource,
         metrics: MetricsReader | None = None,
+        http: HttpEventSource | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -96,13 +118,17 @@ class ContinuousProfiler:
         self._meter_sink = meters
         self._process_source = processes
         self._metrics = metrics if metrics is not None else PsutilMetrics(clock)
+        self._http = http  # its events' times are on ``clock``
         self._clock = clock
         self._wall_clock = wall_clock
 
         self._lock = threading.Lock()
         self._cache = PolicyCache()
         self._windows: WindowStore[SeriesKey] = WindowStore()
-        self._checker = Checker()
+        self._checker = Checker(http=http is not None)
+        # pid -> the HTTP series its served requests may feed, with their filters
+        self._http_routes: dict[int, list[tuple[SeriesKey, Uri]]] = {}
+        self._http_totals: dict[tuple[SeriesKey, int], SlotTotals] = {}
         self._history = TriggerHistory(
             config.trigger.execute_duration, config.trigger.silence_duration
         )
@@ -143,6 +169,7 @@ class ContinuousProfiler:
         with self._lock:
             plan = self._plan
         self.stats.fetch_rounds += 1
+        events = self._drain_http()
         if plan.empty:
             self._metrics.retain(())
             return
@@ -168,12 +195,14 @@ class ContinuousProfiler:
                 )
                 continue
             if reading.cpu_percent is not None:
-                values.append(((MonitorType.PROCESS_CPU, key), reading.cpu_percent))
+                values.append(((MonitorType.PROCESS_CPU, key, None), reading.cpu_percent))
             if reading.threads is not None:
-                values.append(((MonitorType.PROCESS_THREAD_COUNT, key), float(reading.threads)))
+                values.append(
+                    ((MonitorType.PROCESS_THREAD_COUNT, key, None), float(reading.threads))
+                )
         if plan.load:
             try:
-                values.append(((MonitorType.SYSTEM_LOAD, None), self._metrics.system_load()))
+                values.append(((MonitorType.SYSTEM_LOAD, None, None), self._metrics.system_load()))
             except Exception as exc:  # noqa: BLE001
                 self.stats.read_errors += 1
                 self._warnings.warn("system load", f"cannot read the system load: {exc}")
@@ -182,9 +211,49 @@ class ContinuousProfiler:
         with self._lock:
             for series, value in values:
                 self._windows.add(series, slot, value)
+            self._add_http(events, slot)
             if gone:
                 self._forget_vanished(gone)
             self._last_fetch_slot = slot
+
+    def _drain_http(self) -> list[HttpEvent]:
+        if self._http is None:
+            return []
+        try:
+            events = self._http.drain()
+        except Exception as exc:  # noqa: BLE001 - a bug guard: the other monitors go on
+            self._warnings.warn("http events", f"cannot read HTTP events: {exc}")
+            return []
+        self.stats.http_events += len(events)
+        return events
+
+    def _add_http(self, events: list[HttpEvent], slot: int) -> None:
+        """Count each served request in the slot of its read time, in every series of
+        its process whose filter takes its path; the slot's value is then re-set."""
+        oldest = slot - HTTP_LATE_SLOTS
+        touched: set[tuple[SeriesKey, int]] = set()
+        for event in events:
+            routes = self._http_routes.get(event.pid)
+            if not routes:
+                self.stats.http_events_unwatched += 1
+                continue
+            event_slot = self._slot(event.time_s)
+            if event_slot < oldest:
+                self.stats.http_events_late += 1
+                continue
+            for key, uri in routes:
+                if uri.matches(event.path):
+                    totals = self._http_totals.get((key, event_slot))
+                    if totals is None:
+                        totals = self._http_totals[(key, event_slot)] = SlotTotals()
+                    totals.add(event)
+                    touched.add((key, event_slot))
+        for key, event_slot in touched:
+            value = self._http_totals[(key, event_slot)].value(key[0])
+            if value is not None:
+                self._windows.put(key, event_slot, value)
+        for stale in [k for k in self._http_totals if k[1] < oldest]:
+            del self._http_totals[stale]
 
     def _forget_vanished(self, gone: list[ProcessKey]) -> None:
         """Vanished processes are normal: drop their windows and stop reading them."""
@@ -192,12 +261,15 @@ class ContinuousProfiler:
         log.debug("continuous profiling: %d watched process(es) exited", len(gone))
         self._gone.update(gone)
         self._windows.discard(
-            (monitor, key)
+            (monitor, key, None)
             for key in gone
             for monitor in (MonitorType.PROCESS_CPU, MonitorType.PROCESS_THREAD_COUNT)
         )
         self._plan = FetchPlan(
-            self._plan.cpu.difference(gone), self._plan.threads.difference(gone), self._plan.load
+            self._plan.cpu.difference(gone),
+            self._plan.threads.difference(gone),
+            self._plan.load,
+            self._plan.http,
         )
 
     def _slot(self, now: float) -> int:
@@ -236,6 +308,9 @@ class ContinuousProfiler:
             self._watches = []
             self._plan = FetchPlan()
             self._gone.clear()
+            self._http_routes = {}
+            self._http_totals.clear()
+        self._watch_http(frozenset())
 
     def _sync_policies(self, registered: dict[str, DiscoveredProcess]) -> None:
         services = sorted({p.entity.service_name for p in registered.values()})
@@ -257,6 +332,28 @@ class ContinuousProfiler:
             self._gone &= {process_key(p) for p in registered.values()}
             self._windows.retain(window_capacities(self._watches))
             self._plan = plan_fetch(self._watches, frozenset(self._gone))
+            self._http_routes = self._routes(self._plan.http)
+            http = self._plan.http
+        self._watch_http(http)
+
+    def _routes(self, processes: frozenset[ProcessKey]) -> dict[int, list[tuple[SeriesKey, Uri]]]:
+        routes: dict[int, dict[SeriesKey, Uri]] = {}
+        for watch in self._watches:
+            key = process_key(watch.process)
+            if not watch.item.http or key not in processes:
+                continue
+            for series, uri in watch_series(watch):
+                if uri is not None:
+                    routes.setdefault(key[0], {})[series] = uri
+        return {pid: list(series.items()) for pid, series in routes.items()}
+
+    def _watch_http(self, processes: frozenset[ProcessKey]) -> None:
+        if self._http is None:
+            return
+        try:
+            self._http.watch(sorted({pid for pid, _ in processes}))
+        except Exception as exc:  # noqa: BLE001 - a bug guard: the other monitors go on
+            self._warnings.warn("http watch", f"cannot watch HTTP requests: {exc}")
 
     def _evaluate(self, now: float) -> tuple[list[Finding], list[MeterSample]]:
         if self._last_fetch_slot is None:
@@ -270,12 +367,16 @@ class ContinuousProfiler:
             anchor,
             lambda dimension: self._history.may_trigger(dimension, now),
         )
+        wall_offset = self._wall_clock() - now  # wall clock minus our clock
+        epoch = self._epoch if self._epoch is not None else now
         samples = collect_meters(
             self._watches,
             self._windows,
             self.config.meter_prefix,
             self._metered_through,
-            int(self._wall_clock() * 1000),
+            int((now + wall_offset) * 1000),
+            through=anchor,
+            slot_ms=lambda slot: int((epoch + slot + wall_offset) * 1000),
         )
         self._metered_through = anchor
         return findings, samples
@@ -304,7 +405,8 @@ class ContinuousProfiler:
         for trigger in group_triggers(findings, duration_s):
             dimension = dimension_of(trigger.target, trigger.process_id, trigger.process)
             causes = ", ".join(
-                f"{c.monitor} {c.current:g} >= {c.threshold:g}" for c in trigger.causes
+                f"{c.monitor}{f' {c.uri.label}' if c.uri else ''} {c.current:g} >= {c.threshold:g}"
+                for c in trigger.causes
             )
             try:
                 task_id = self._trigger_sink.report(trigger)
@@ -328,9 +430,14 @@ class ContinuousProfiler:
                 trigger.process.entity.service_name,
                 causes,
             )
+            rules = trigger.sampling_rules() if trigger.target is TargetType.NETWORK else None
             try:
                 self._task_starter.start(
-                    task_id, trigger.target.value, list(trigger.processes), trigger.duration_s
+                    task_id,
+                    trigger.target.value,
+                    list(trigger.processes),
+                    trigger.duration_s,
+                    rules=rules,
                 )
             except Exception as exc:  # noqa: BLE001 - the backend's task stays empty
                 self.stats.start_failures += 1

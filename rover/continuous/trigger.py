@@ -6,8 +6,10 @@ from collections import defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from rover.continuous.http_series import Uri
 from rover.continuous.policy import MonitorType, TargetType
 from rover.continuous.policy_cache import Watch
+from rover.network.model import SamplingRule, SamplingSettings
 from rover.process.model import DiscoveredProcess
 
 # NETWORK dimensions prefer the process that represents the instance's traffic.
@@ -21,6 +23,7 @@ class Cause:
     monitor: MonitorType
     threshold: float
     current: float
+    uri: Uri | None = None  # HTTP monitors: the series' request filter (a "uri" cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,29 @@ class Trigger:
     duration_s: int
     processes: tuple[tuple[str, DiscoveredProcess], ...]  # (backend id, process), main first
 
+    def sampling_uri_regexes(self) -> tuple[str, ...]:
+        """A NETWORK task's ``samplingURIRegexes`` (spec 4.7.5, 8.13 rule 10): each HTTP
+        cause's path or regex, or the single "" when one cause counts every request.
+        Non-HTTP causes add nothing."""
+        regexes = [c.uri.sampling_regex for c in self.causes if c.uri is not None]
+        if "" in regexes:
+            return ("",)
+        return tuple(dict.fromkeys(regexes))
+
+    def sampling_rules(self) -> list[SamplingRule]:
+        """The triggered NETWORK task's local sampling rules: every request of the
+        causes' URIs, slow or not, 4xx and 5xx, with complete uncapped content."""
+        settings = SamplingSettings(
+            require_complete_request=True,
+            max_request_size=-1,
+            require_complete_response=True,
+            max_response_size=-1,
+        )
+        return [
+            SamplingRule(regex, 0, when_4xx=True, when_5xx=True, settings=settings)
+            for regex in self.sampling_uri_regexes()
+        ]
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -42,11 +68,12 @@ class Finding:
 
     watch: Watch
     current: float
+    uri: Uri | None = None  # the series that fired, for HTTP items
 
     @property
     def cause(self) -> Cause:
         item = self.watch.item
-        return Cause(item.monitor, item.threshold, self.current)
+        return Cause(item.monitor, item.threshold, self.current, self.uri)
 
 
 def dimension_of(target: TargetType, process_id: str, process: DiscoveredProcess) -> Hashable:
@@ -94,8 +121,9 @@ def _main_process_id(process_ids: list[str], by_process: dict[str, list[Finding]
 
 
 def _unique_causes(findings: list[Finding]) -> list[Cause]:
-    """One cause per monitor type (an item exists once per monitor per target)."""
-    seen: dict[MonitorType, Cause] = {}
+    """One cause per monitor type (an item exists once per monitor per target), and for
+    HTTP monitors one per series that fired (each listed path its own)."""
+    seen: dict[tuple[MonitorType, Uri | None], Cause] = {}
     for finding in findings:
-        seen.setdefault(finding.watch.item.monitor, finding.cause)
+        seen.setdefault((finding.watch.item.monitor, finding.uri), finding.cause)
     return list(seen.values())

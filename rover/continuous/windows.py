@@ -48,6 +48,27 @@ class SlotWindow:
         while samples[0][0] < oldest_kept:
             samples.popleft()
 
+    def put(self, slot: int, value: float) -> None:
+        """Set a slot's value even when newer slots exist (HTTP slots are totals that
+        late requests still change); slots older than the window are ignored."""
+        samples = self._samples
+        if not samples or slot >= samples[-1][0]:
+            self.add(slot, value)
+            return
+        if slot <= samples[-1][0] - self.capacity:
+            return
+        index = len(samples) - 1
+        while index >= 0 and samples[index][0] > slot:
+            index -= 1
+        if index >= 0 and samples[index][0] == slot:
+            samples[index] = (slot, value)
+        else:
+            samples.insert(index + 1, (slot, value))
+
+    def between(self, after: int, through: int) -> list[tuple[int, float]]:
+        """The ``(slot, value)`` samples with ``after < slot <= through``, oldest first."""
+        return [(slot, value) for slot, value in self._samples if after < slot <= through]
+
     def latest(self) -> tuple[int, float] | None:
         """The newest ``(slot, value)``, or None when empty."""
         return self._samples[-1] if self._samples else None
@@ -94,6 +115,11 @@ class WindowStore(Generic[Key]):
         window = self._windows.get(key)
         if window is not None:
             window.add(slot, value)
+
+    def put(self, key: Key, slot: int, value: float) -> None:
+        window = self._windows.get(key)
+        if window is not None:
+            window.put(slot, value)
 
     def get(self, key: Key) -> SlotWindow | None:
         return self._windows.get(key)
