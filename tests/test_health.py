@@ -388,6 +388,7 @@ def test_metrics_show_every_cache_budget_size_and_evictions():
         loops=[],
         discovered=lambda: 0,
         caches=lambda: [*symbolizer.caches(), *engines.caches(), owners.stats()],
+        network=lambda: {"kernel_dropped_data_events": 3, "http_resyncs": 1},
     )
     server = HealthServer(
         "127.0.0.1:0",
@@ -428,3 +429,7 @@ def test_metrics_show_every_cache_budget_size_and_evictions():
     )
     assert metric(values, "rover_cache_evictions_total", cache="kubernetes_owners") == 7
     assert metric(values, "rover_cache_refused_total", cache="kubernetes_owners") == 1
+    # the network monitor's counters, losses included, by name
+    events = "rover_network_events_total"
+    assert metric(values, events, counter="kernel_dropped_data_events") == 3
+    assert metric(values, events, counter="http_resyncs") == 1
