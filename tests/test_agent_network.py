@@ -90,7 +90,7 @@ def proxied_https(tmp_path, spawn):
     yield from _proxied(tmp_path, spawn, https=True)
 
 
-def _proxied(tmp_path, spawn, https: bool):
+def _proxied(tmp_path, spawn, https):
     directory = tmp_path / f"netdemo-{uuid.uuid4().hex[:8]}"
     upstream_script, client_script = write_scripts(directory)
     upstream_port = free_port()
