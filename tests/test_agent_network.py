@@ -176,11 +176,14 @@ def run_network_task(fake_oap, start_agent, proxied, https: bool) -> None:
         peers = [k for k in labels if k.endswith(("_process_id", "_local", "_address"))]
         assert len(peers) == 2, labels  # its own process id and exactly one peer label
 
-    # sampled traces: the slow traced requests, nothing for untraced or fast ones (the
-    # logs of a report may come after its meters)
+    # sampled traces: the slow traced requests, nothing for untraced or fast ones (a
+    # report's log and span event streams may come after its meters)
     def traced(_) -> bool:
-        logs = [log for stream in fake_oap.requests("LogReportService/collect") for log in stream]
-        return {log.traceContext.traceId for log in logs} >= slow_traces
+        seen = []
+        for service in ("LogReportService/collect", "SpanAttachedEventReportService/collect"):
+            items = [item for stream in fake_oap.requests(service) for item in stream]
+            seen.append({item.traceContext.traceId for item in items} >= slow_traces)
+        return all(seen)
 
     slow_traces = {SLOW_TRACE.format(1), SLOW_TRACE.format(2)}
     fake_oap.wait_for(traced, timeout=30, what="the sampled traces")
