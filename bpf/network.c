@@ -20,6 +20,12 @@
  * - tcp:tcp_probe adds the socket's smoothed RTT (µs) to the call in flight of the
  *   current thread, as Rover does; tcp:tcp_retransmit_skb sends the 4-tuple.
  *
+ * - TLS (OpenSSL SSL_read/SSL_write and their _ex variants, uprobes user space attaches
+ *   per process): the plaintext of an HTTP/1 connection goes out as EVENT_DATA with
+ *   call CALL_SSL_READ/CALL_SSL_WRITE and ssl set; the data calls the library makes
+ *   inside (ciphertext) only count in the layer-4 counters and tell which connection
+ *   the TLS call is on (spec 8.3 rule 2). The connection is marked ssl.
+ *
  * -D flags set by user space: MAX_PIDS, MAX_CONNS, MAX_FDS, MAX_THREADS, CAPTURE
  * (a power of two), RINGBUF_PAGES, HAVE_SET_STATE, HAVE_TCP_PROBE, HAVE_RETRANSMIT.
  */
@@ -485,6 +491,37 @@ TRACEPOINT_PROBE(syscalls, sys_exit_close)
     return 0;
 }
 
+/* -- TLS library calls (declarations; the probes follow the data calls) ------- */
+
+/* A thread's SSL_read/SSL_write in flight, from its uprobe to its uretprobe. */
+struct ssl_call {
+    u64 start_ns;
+    u64 ssl;      /* the SSL object */
+    u64 buf;      /* plaintext buffer */
+    u64 out;      /* _ex variants: where the library writes the byte count (size_t *) */
+    u64 conn_key; /* the connection a nested data call showed; 0: none yet */
+    u32 call;     /* CALL_SSL_WRITE or CALL_SSL_READ */
+    u32 ex;
+};
+
+BPF_HASH(ssl_calls, u64, struct ssl_call, MAX_THREADS);
+BPF_TABLE("lru_hash", struct ssl_key, u64, ssl_conns, MAX_CONNS);
+
+/* A data call on "fd" ran inside the TLS call "tls": remember whose it is. */
+static __always_inline void tls_learn(struct ssl_call *tls, u32 pid, u32 fd)
+{
+    u64 key = fd_key(pid, fd);
+    if (tls->conn_key == key)
+        return;
+    tls->conn_key = key;
+    struct ssl_key sk = {.ssl = tls->ssl, .pid = pid};
+    u64 *known = ssl_conns.lookup(&sk);
+    if (known && *known == key)
+        return;
+    ssl_conns.update(&sk, &key);
+    stat_add(NET_STAT_SSL_LEARNED);
+}
+
 /* -- data calls --------------------------------------------------------------- */
 
 static __always_inline int data_enter(u32 call, u32 fd, u64 ptr, u64 arg)
@@ -641,6 +678,10 @@ static __always_inline int data_exit(long ret)
         return 0;
     struct call_rec call = *c;
     inflight.delete(&id);
+    /* Inside a TLS library call: this fd is that call's connection. */
+    struct ssl_call *tls = ssl_calls.lookup(&id);
+    if (tls)
+        tls_learn(tls, pid, call.fd);
     if (ret <= 0)
         return 0;
     u64 now = bpf_ktime_get_ns();
@@ -672,6 +713,13 @@ static __always_inline int data_exit(long ret)
     }
     stat_add(NET_STAT_DATA_CALLS);
 
+    if (tls) { /* ciphertext: counted above (spec 8.3 rule 2), never captured nor detected */
+        conn->ssl = 1;
+        stat_add(NET_STAT_SSL_NESTED);
+        return 0;
+    }
+    if (conn->ssl) /* ciphertext outside a TLS read/write: handshakes, alerts */
+        return 0;
     if (conn->protocol == PROTO_UNKNOWN && buffer) {
         u64 avail = length < size ? length : size;
         u64 head[2] = {};
@@ -748,6 +796,89 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64)
     return data_enter(CALL_SENDFILE, args->out_fd, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return data_exit(args->ret); }
+
+/* -- TLS plaintext: OpenSSL SSL_read/SSL_write (and _ex) uprobes -------------- *
+ * SSL_write(ssl, buf, num) / SSL_read(ssl, buf, num) return the bytes moved (> 0);
+ * SSL_write_ex(ssl, buf, num, size_t *written) / SSL_read_ex(..., size_t *readbytes)
+ * return 1 and store the count. No SSL struct is read: the connection is the fd of a
+ * data call the library makes inside the call (ssl_calls.conn_key), or the one such a
+ * call showed before for the same SSL object (ssl_conns: data already buffered). */
+
+static __always_inline int ssl_enter(struct pt_regs *ctx, u32 call, u32 ex)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!watched(id >> 32))
+        return 0;
+    struct ssl_call rec = {
+        .start_ns = bpf_ktime_get_ns(),
+        .ssl = PT_REGS_PARM1(ctx),
+        .buf = PT_REGS_PARM2(ctx),
+        .out = ex ? PT_REGS_PARM4(ctx) : 0,
+        .call = call,
+        .ex = ex,
+    };
+    if (ssl_calls.update(&id, &rec) != 0)
+        stat_add(NET_STAT_INFLIGHT_FULL);
+    return 0;
+}
+
+static __always_inline int ssl_exit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    struct ssl_call *c = ssl_calls.lookup(&id);
+    if (!c)
+        return 0;
+    struct ssl_call call = *c;
+    ssl_calls.delete(&id);
+    if (!watched(pid))
+        return 0;
+    long ret = PT_REGS_RC(ctx);
+    u64 size = 0;
+    if (call.ex) {
+        if (ret != 1 || !call.out)
+            return 0;
+        if (bpf_probe_read_user(&size, sizeof(size), (void *)call.out) != 0)
+            return 0;
+    } else {
+        if (ret <= 0)
+            return 0;
+        size = ret;
+    }
+    if (size == 0)
+        return 0;
+    stat_add(NET_STAT_SSL_CALLS);
+    u64 key = call.conn_key;
+    if (!key) {
+        struct ssl_key sk = {.ssl = call.ssl, .pid = pid};
+        u64 *known = ssl_conns.lookup(&sk);
+        if (known)
+            key = *known;
+    }
+    struct conn_rec *conn = key ? conns.lookup(&key) : 0;
+    if (!conn) {
+        stat_add(NET_STAT_SSL_NO_CONN);
+        return 0;
+    }
+    conn->ssl = 1;
+    if (conn->protocol == PROTO_UNKNOWN && call.buf) {
+        u64 head[2] = {};
+        if (bpf_probe_read_user(head, sizeof(head), (void *)call.buf) == 0)
+            conn->protocol = detect_protocol(head[0], head[1], size);
+    }
+    if (conn->protocol == PROTO_HTTP1) {
+        struct call_rec rec = {.start_ns = call.start_ns, .call = call.call};
+        u32 direction = call.call == CALL_SSL_WRITE ? DIR_SEND : DIR_RECV;
+        send_data(conn, &rec, id, bpf_ktime_get_ns(), size, call.buf, size, direction);
+    }
+    return 0;
+}
+
+int ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, CALL_SSL_WRITE, 0); }
+int ssl_read_enter(struct pt_regs *ctx) { return ssl_enter(ctx, CALL_SSL_READ, 0); }
+int ssl_write_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, CALL_SSL_WRITE, 1); }
+int ssl_read_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, CALL_SSL_READ, 1); }
+int ssl_exit_probe(struct pt_regs *ctx) { return ssl_exit(ctx); }
 
 /* -- RTT and retransmissions -------------------------------------------------- */
 

@@ -45,6 +45,8 @@ enum net_call {
     CALL_RECVFROM = 9,
     CALL_RECVMSG = 10,
     CALL_RECVMMSG = 11,
+    CALL_SSL_WRITE = 12, /* SSL_write / SSL_write_ex: plaintext (a data event only) */
+    CALL_SSL_READ = 13,  /* SSL_read / SSL_read_ex */
     CALL_SOCKET = 20,
     CALL_CONNECT = 21,
     CALL_ACCEPT = 22,
@@ -77,6 +79,10 @@ enum net_stat {
     NET_STAT_DROP_RETRANSMIT, /* dropped_retransmit_events: a retransmission lost, the ring buffer was full */
     NET_STAT_DROP_FD,         /* dropped_fd_requests: an fd request lost, the ring buffer was full (asked again) */
     NET_STAT_CAPTURE_FAILED,  /* capture_failed: a payload could not be read from user memory */
+    NET_STAT_SSL_CALLS,       /* tls_calls (info): TLS library reads and writes that moved plaintext */
+    NET_STAT_SSL_NESTED,      /* tls_syscalls (info): data calls made inside a TLS call (ciphertext: counted, not captured) */
+    NET_STAT_SSL_NO_CONN,     /* tls_unknown_connection: TLS plaintext lost, its connection was not known */
+    NET_STAT_SSL_LEARNED,     /* tls_connections_learned (info): TLS objects tied to a connection by a nested call */
     NET_STAT_COUNT
 };
 
@@ -112,6 +118,13 @@ struct conn_rec {
     u32 write_hist[NET_BUCKETS];
     u32 read_hist[NET_BUCKETS];
     u32 rtt_hist[NET_BUCKETS];
+};
+
+/* In "ssl_conns": a TLS library object (SSL *) of a process -> its connection's key. */
+struct ssl_key {
+    u64 ssl;
+    u32 pid;
+    u32 pad;
 };
 
 /* The first bytes of every event: which struct follows. */

@@ -161,7 +161,9 @@ class Agent:
         reporter = TrafficReporter(NetworkReportSender(self.client), network)
 
         def observer() -> NetworkObserver:
-            observer = NetworkObserver(self.headers.find(), observer_config(network))
+            observer = NetworkObserver(
+                self.headers.find(), observer_config(network), hostfs=self.hostfs
+            )
             observer.start()
             return observer
 

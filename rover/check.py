@@ -7,12 +7,16 @@ import platform
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rover.bpf.headers import HeaderSearch, KernelHeaders, KernelHeadersNotFound
 from rover.bpf.tracefs import ensure_tracefs
 from rover.capabilities import capability_needs, effective_capabilities
 from rover.hostfs import HostFS
 from rover.profile import ProfileType
+
+if TYPE_CHECKING:
+    from rover.network.observer import NetworkObserver
 
 
 @dataclass
@@ -199,17 +203,43 @@ def network_checks(headers: KernelHeaders | None) -> list[CheckResult]:
                 f"program compiled, loaded and attached to {len(observer.attached)} tracepoints"
             )
             results.append(CheckResult("network profiling", True, detail))
+            results.append(uprobe_check(observer))
         finally:
             observer.close()
-    uprobes = UPROBE_PMU.is_file()
-    results.append(
-        CheckResult(
-            "uprobes",
-            uprobes,
-            "available (TLS plaintext can be read)"
-            if uprobes
-            else f"{UPROBE_PMU} absent: no TLS plaintext (CONFIG_UPROBE_EVENTS)",
-            required=False,
-        )
-    )
+    if not any(r.name == "uprobes" for r in results):
+        results.append(uprobe_check(None))
     return results
+
+
+def uprobe_check(observer: NetworkObserver | None) -> CheckResult:
+    """Whether TLS plaintext can be read here: the network program's SSL_write probes
+    attached for real to the OpenSSL this process maps (Python's ssl module loads the
+    system's libssl)."""
+    if not UPROBE_PMU.is_file():
+        detail = f"{UPROBE_PMU} absent: no TLS plaintext (CONFIG_UPROBE_EVENTS)"
+        return CheckResult("uprobes", False, detail, required=False)
+    if observer is None:
+        detail = "uprobe PMU present; not tried (the network program could not be loaded)"
+        return CheckResult("uprobes", False, detail, required=False)
+    try:
+        import ssl  # noqa: F401 - maps libssl into this process, for the attempt
+    except ImportError:
+        detail = "uprobe PMU present; not tried (no OpenSSL in this Python to attach to)"
+        return CheckResult("uprobes", False, detail, required=False)
+    pid = os.getpid()
+    observer.add_pid(pid)
+    try:
+        entries = observer.tls_attachments()
+    finally:
+        observer.remove_pid(pid)
+    if not entries:
+        detail = "uprobe PMU present; not tried (no libssl mapped in this process)"
+        return CheckResult("uprobes", False, detail, required=False)
+    entry = entries[0]
+    library = f"{entry.library.path} (OpenSSL {entry.library.version or '?'})"
+    if entry.attachments:
+        count = len(entry.attachments)
+        detail = f"{count} uprobes attached to SSL_read/SSL_write(_ex) of {library}"
+        return CheckResult("uprobes", True, detail, required=False)
+    detail = f"could not attach to {library}: {entry.error}"
+    return CheckResult("uprobes", False, detail, required=False)

@@ -2,7 +2,8 @@
 
 The upstream answers ``/ok`` (200), ``/fail`` (500), ``/missing`` (404) and ``/slow``
 (200 after 300 ms) over HTTP/1.1 keep-alive. The client sends a given plan of requests
-over one keep-alive connection once a start file appears, prints ``done N`` and waits.
+over one keep-alive connection (HTTPS when its fourth argument is ``https``, the
+certificate not checked) once a start file appears, prints ``done N`` and waits.
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ server.serve_forever()
 """
 
 CLIENT = """
-import http.client, json, os, sys, time
+import http.client, json, os, ssl, sys, time
 
 port, start_file, plan = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+https = sys.argv[4:] == ["https"]
 print("ready", flush=True)
 while not os.path.exists(start_file):
     time.sleep(0.05)
-connection = http.client.HTTPConnection("127.0.0.1", port)
+if https:  # a test certificate: not verified
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=ssl._create_unverified_context()
+    )
+else:
+    connection = http.client.HTTPConnection("127.0.0.1", port)
 sent = 0
 for path, count, headers in plan:
     for _ in range(count):

@@ -33,7 +33,8 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port} reuseport{ssl};
+        {certificate}
         root {prefix}/html;
         {location}
     }}
@@ -61,11 +62,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def nginx(
-    prefix: Path, access_log: Path | None = None, proxy_to: int | None = None
+    prefix: Path,
+    access_log: Path | None = None,
+    proxy_to: int | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A running nginx serving a 4 KiB page at http://127.0.0.1:PORT/; stopped at exit.
 
     ``proxy_to``: a port on 127.0.0.1 to proxy every request to instead (keep-alive).
+    ``tls``: (certificate, key) files: HTTPS on the port instead (nginx's libssl.so.3).
     ``access_log``: where nginx writes a line per request (unbuffered: one write each);
     default none. A FIFO needs its reader running first: nginx blocks opening it.
     """
@@ -75,7 +80,17 @@ def nginx(
     config = prefix / "nginx.conf"
     log = "off" if access_log is None else str(access_log)
     location = _STATIC if proxy_to is None else _PROXY.format(upstream=proxy_to)
-    config.write_text(_CONFIG.format(prefix=prefix, port=port, access_log=log, location=location))
+    certificate = "" if tls is None else f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+    config.write_text(
+        _CONFIG.format(
+            prefix=prefix,
+            port=port,
+            access_log=log,
+            location=location,
+            ssl="" if tls is None else " ssl",
+            certificate=certificate,
+        )
+    )
     process = subprocess.Popen(
         [NGINX, "-p", str(prefix), "-c", str(config)],
         stdout=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ from agent_process import scanner_env
 from backend_data import reported
 from network_workloads import python, sw8, write_scripts
 from nginx_server import free_port, nginx
+from test_network_tls import make_certificate
 
 pytestmark = pytest.mark.bpf
 
@@ -79,11 +80,23 @@ def total(found, name: str, **labels: str) -> float:
 @pytest.fixture
 def proxied(tmp_path, spawn):
     """(client, nginx, upstream) processes and the client's start file."""
+    yield from _proxied(tmp_path, spawn, https=False)
+
+
+@pytest.fixture
+def proxied_https(tmp_path, spawn):
+    """The same with HTTPS between the client and nginx (nginx's libssl.so.3 and the
+    client's, Python's ssl), plain HTTP from nginx to the upstream."""
+    yield from _proxied(tmp_path, spawn, https=True)
+
+
+def _proxied(tmp_path, spawn, https):
     directory = tmp_path / f"netdemo-{uuid.uuid4().hex[:8]}"
     upstream_script, client_script = write_scripts(directory)
     upstream_port = free_port()
     upstream = spawn([python(), upstream_script, str(upstream_port)])
-    with nginx(directory / "nginx", proxy_to=upstream_port) as (server, port):
+    tls = make_certificate(directory) if https else None
+    with nginx(directory / "nginx", proxy_to=upstream_port, tls=tls) as (server, port):
         start_file = directory / "go"
         plan = [
             ["/ok", 200, {}],
@@ -94,11 +107,24 @@ def proxied(tmp_path, spawn):
             ["/slow", 2, {}],  # slow but untraced: never sampled
             ["/ok", 3, {"sw8": sw8("trace-fast")}],  # traced but fast: not sampled
         ]
-        client = spawn([python(), client_script, str(port), str(start_file), json.dumps(plan)])
+        argv = [python(), client_script, str(port), str(start_file), json.dumps(plan)]
+        client = spawn(argv + (["https"] if https else []))
         yield client, server, upstream, start_file, directory.name, sum(n for _, n, _ in plan)
 
 
 def test_network_task_reports_both_relations_with_the_specs_names(fake_oap, start_agent, proxied):
+    run_network_task(fake_oap, start_agent, proxied, https=False)
+
+
+def test_https_relation_is_ssl_with_plaintext_http_meters_and_traces(
+    fake_oap, start_agent, proxied_https
+):
+    """HTTPS client -> nginx (TLS plaintext from uprobes on both ends), HTTP nginx ->
+    upstream: the same HTTP counts and sampled traces; is_ssl on the TLS relation only."""
+    run_network_task(fake_oap, start_agent, proxied_https, https=True)
+
+
+def run_network_task(fake_oap, start_agent, proxied, https: bool) -> None:
     client, server, upstream, start_file, marker, sent = proxied
     agent = start_agent({**scanner_env(fake_oap.addr, marker, SERVICE), **FAST})
     fake_oap.wait_for(lambda _: len(reported(fake_oap, SERVICE)) == 3, timeout=30, what="3")
@@ -138,21 +164,36 @@ def test_network_task_reports_both_relations_with_the_specs_names(fake_oap, star
         assert total(found, "rover_net_p_server_read_counts_counter", **server_view) >= sent
         assert total(found, "rover_net_p_client_write_counts_counter", **client_view) >= sent
     # every meter carries the labels of spec 8.5 and nothing the OAP would reject
+    tls_relation = {client_id, nginx_id}
     for name, labels, _, service in found:
         assert name.startswith("rover_net_p_")
         assert service == SERVICE
         assert labels["side"] in ("client", "server")
-        assert labels["protocol"] == "http" and labels["is_ssl"] == "false"
+        ends = {labels.get("client_process_id"), labels.get("server_process_id")}
+        ssl = https and ends == tls_relation
+        assert labels["protocol"] == "http" and labels["is_ssl"] == str(ssl).lower(), labels
         assert "service" not in labels and "instance" not in labels
         peers = [k for k in labels if k.endswith(("_process_id", "_local", "_address"))]
         assert len(peers) == 2, labels  # its own process id and exactly one peer label
 
-    # sampled traces: the slow traced requests, nothing for untraced or fast ones
+    # sampled traces: the slow traced requests, nothing for untraced or fast ones (a
+    # report's log and span event streams may come after its meters)
+    def traced(_) -> bool:
+        seen = []
+        for service in ("LogReportService/collect", "SpanAttachedEventReportService/collect"):
+            items = [item for stream in fake_oap.requests(service) for item in stream]
+            seen.append({item.traceContext.traceId for item in items} >= slow_traces)
+        return all(seen)
+
+    slow_traces = {SLOW_TRACE.format(1), SLOW_TRACE.format(2)}
+    fake_oap.wait_for(traced, timeout=30, what="the sampled traces")
     logs = [log for stream in fake_oap.requests("LogReportService/collect") for log in stream]
     bodies = [json.loads(log.body.json.json) for log in logs]
     traces = Counter(log.traceContext.traceId for log in logs)
     assert set(traces) == {SLOW_TRACE.format(1), SLOW_TRACE.format(2)}
     assert {b["reason"] for b in bodies} == {"slow"}
+    # from both relations; those of the TLS one (parsed from plaintext) say ssl
+    assert {b["ssl"] for b in bodies} == ({True, False} if https else {False})
     assert all(b["uri"] == "/slow" and b["latency"] >= 200 for b in bodies)
     assert all(log.tags.data[0].key == "LOG_KIND" for log in logs)
     assert all(

@@ -288,3 +288,5 @@ def test_check_reports_network_hooks_and_uprobes() -> None:
     assert results["network hooks"].ok and results["network profiling"].ok
     assert "attached to 35 tracepoints" in results["network profiling"].detail
     assert results["uprobes"].ok == Path("/sys/bus/event_source/devices/uprobe/type").is_file()
+    if results["uprobes"].ok:  # attached for real to this process's libssl
+        assert "uprobes attached to SSL_read/SSL_write(_ex) of" in results["uprobes"].detail

@@ -34,12 +34,14 @@ def compile_and_collect(spec: ProgramSpec, headers: KernelHeaders) -> tuple[Any,
     owned by it: closed by its ``cleanup``)."""
     from bcc import BPF, libbcc
 
-    kinds = {"perf_event": BPF.PERF_EVENT, "tracepoint": BPF.TRACEPOINT}
+    kinds = {"perf_event": BPF.PERF_EVENT, "tracepoint": BPF.TRACEPOINT, "kprobe": BPF.KPROBE}
     bpf = compile_with_bcc(spec.source, headers, spec.defines)
     try:
         functions = {spec.entry: bpf.load_func(spec.entry.encode(), kinds[spec.kind]).fd}
         for name in spec.functions:
             functions[name] = bpf.load_func(name.encode(), kinds[spec.kind]).fd
+        for name in spec.probe_functions:
+            functions[name] = bpf.load_func(name.encode(), BPF.KPROBE).fd
         refused = None
         if spec.tail_call is not None and spec.tail_call_map is not None:
             try:

@@ -46,7 +46,9 @@ class ProgramSpec:
     """What to load from ``bpf/<source>.c``: the entry function attached to events and,
     optionally, a function put in slot 0 of a tail-call map (the kernel's verifier may
     refuse it: that is reported, not an error), and more functions of the same kind
-    (``functions``: a program with many tracepoints)."""
+    (``functions``: a program with many tracepoints), and functions of kprobe type
+    (``probe_functions``: uprobes and uretprobes, attached with
+    :meth:`LoadedProgram.attach_uprobe`)."""
 
     source: str
     defines: dict[str, int]
@@ -55,6 +57,7 @@ class ProgramSpec:
     tail_call: str | None = None
     tail_call_map: str | None = None
     functions: tuple[str, ...] = ()
+    probe_functions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -137,6 +140,41 @@ class LoadedProgram:
             raise BPFLoadError(
                 f"could not attach to tracepoint {category}:{event}: {exc.strerror or exc}"
             ) from exc
+
+    def attach_uprobe(
+        self, function: str, path: str, offset: int, pid: int = -1, retprobe: bool = False
+    ) -> int:
+        """Run ``function`` (a ``probe_functions`` one) when the code at file offset
+        ``offset`` of ``path`` runs (at its return when ``retprobe``) in process ``pid``
+        (-1: any). Returns the attachment, for :meth:`detach`; raises BPFLoadError."""
+        try:
+            program_fd = self.handover.functions[function]
+        except KeyError:
+            raise BPFLoadError(f"{self.name}.c has no function {function}") from None
+        kind = "uretprobe" if retprobe else "uprobe"
+        try:
+            fd = syscall.open_uprobe(path, offset, pid, retprobe)
+        except OSError as exc:
+            raise BPFLoadError(
+                f"could not open a {kind} at {path}+{offset:#x} (pid {pid}): {exc.strerror or exc}"
+            ) from exc
+        try:
+            syscall.attach_perf_event(fd, program_fd)
+        except OSError as exc:
+            os.close(fd)
+            raise BPFLoadError(
+                f"could not attach {function} as a {kind} at {path}+{offset:#x}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._attachments.append(fd)
+        return fd
+
+    def detach(self, attachment: int) -> None:
+        """End one attachment made by :meth:`attach_uprobe` (unknown ones are ignored)."""
+        if attachment in self._attachments:
+            self._attachments.remove(attachment)
+            with contextlib.suppress(OSError):
+                os.close(attachment)
 
     def close(self) -> None:
         """Detach, then release the maps and functions (the kernel frees them with the last

@@ -297,6 +297,46 @@ def cpu_clock_attr(frequency: int) -> _PerfEventAttr:
     )
 
 
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
+
+
+def _pmu_type(pmu: str) -> int:
+    with open(f"{pmu}/type") as f:
+        return int(f.read())
+
+
+def _retprobe_bit(pmu: str) -> int:
+    """The config bit that makes a uprobe a uretprobe (``format/retprobe``: "config:0")."""
+    with open(f"{pmu}/format/retprobe") as f:
+        text = f.read().strip()
+    field, _, bits = text.partition(":")
+    if field != "config" or not bits.isdigit():
+        raise OSError(0, f"unexpected uprobe retprobe format {text!r}")
+    return int(bits)
+
+
+def open_uprobe(path: str, offset: int, pid: int, retprobe: bool = False) -> int:
+    """A perf event of the uprobe PMU at file offset ``offset`` of ``path`` (a uretprobe
+    when ``retprobe``), for process ``pid`` (-1: every process); its file descriptor.
+
+    The kernel resolves ``path`` in this process's mount namespace (``/proc/PID/root/...``
+    works). Raises OSError (no uprobe PMU: ENOENT; refused: the kernel's errno).
+    """
+    path_buffer = ctypes.create_string_buffer(os.fsencode(path))
+    config = 1 << _retprobe_bit(UPROBE_PMU) if retprobe else 0
+    attr = _PerfEventAttr(
+        type=_pmu_type(UPROBE_PMU),
+        config=config,
+        config1=ctypes.addressof(path_buffer),  # uprobe_path
+        config2=offset,  # probe_offset
+        sample_period=1,
+        wakeup_events=1,
+    )
+    # one event for the process on any CPU, or for every process (pid -1) "on CPU 0":
+    # a probe's BPF program runs wherever the probe is hit either way
+    return perf_event_open(attr, pid, -1 if pid >= 0 else 0)
+
+
 def tracepoint_attr(tracepoint_id: int) -> _PerfEventAttr:
     return _PerfEventAttr(
         type=PERF_TYPE_TRACEPOINT, config=tracepoint_id, sample_period=1, wakeup_events=1

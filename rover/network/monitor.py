@@ -211,9 +211,23 @@ class NetworkMonitor:
             self._poll(min(wait_ms, 200))
             if time.monotonic() >= next_report:
                 next_report += period
+                self._refresh_tls()
                 self._report()
         self._poll(0)
         self._report()  # the last, partial interval is sent too
+
+    def _refresh_tls(self) -> None:
+        """TLS libraries the watched processes loaded since they were added (an observer
+        without TLS support has no ``refresh_tls``)."""
+        refresh = getattr(self._observer, "refresh_tls", None)
+        if refresh is None:
+            return
+        try:
+            with self._lock:
+                refresh()
+        except Exception:  # never fatal: the plaintext of new libraries is what is lost
+            self.counters["tls_refresh_errors"] += 1
+            log.exception("TLS libraries could not be looked for")
 
     def _poll(self, timeout_ms: int) -> None:
         observer = self._observer

@@ -41,8 +41,10 @@ from rover.bpf.loader import BPFLoadError
 from rover.bpf.maps import possible_cpus
 from rover.bpf.program import LoadedProgram, ProgramSpec, load_program
 from rover.bpf.ringbuf import RingBuffer
+from rover.bpf.syscall import UPROBE_PMU
 from rover.bpf.tracefs import ensure_tracefs, tracepoint_dir
 from rover.config.model import NetworkConfig
+from rover.hostfs import HostFS, ProcessGone
 from rover.network.model import (
     ConnectionClosed,
     ConnectionStats,
@@ -52,6 +54,13 @@ from rover.network.model import (
     Retransmit,
     Role,
     SocketAddress,
+)
+from rover.network.tls import (
+    PROBED,
+    RETURN_FUNCTION,
+    TlsLibrary,
+    TlsLookupError,
+    find_tls_libraries,
 )
 
 log = logging.getLogger(__name__)
@@ -86,7 +95,10 @@ CALL_NAMES: dict[str, str] = {
     "CALL_RECVFROM": "Recvfrom",
     "CALL_RECVMSG": "RecvMsg",
     "CALL_RECVMMSG": "RecvMMsg",
+    "CALL_SSL_WRITE": "SSL_write",
+    "CALL_SSL_READ": "SSL_read",
 }
+TLS_FUNCTIONS: tuple[str, ...] = (*dict.fromkeys(PROBED.values()), RETURN_FUNCTION)
 
 # Counted in user space, added to counters().
 USER_COUNTERS: tuple[Counter, ...] = (
@@ -94,7 +106,24 @@ USER_COUNTERS: tuple[Counter, ...] = (
     Counter("", "fds_resolved_other", "unknown fds user space found not to be traced", False),
     Counter("", "fds_gone", "unknown fds closed before user space could look", False),
     Counter("", "undecodable_events", "ring buffer records of an unknown kind or size", True),
+    Counter("", "tls_libraries_attached", "OpenSSL libraries probed, per process", False),
+    Counter("", "tls_uprobes_attached", "TLS uprobes and uretprobes attached", False),
+    Counter(
+        "", "tls_unsupported_libraries", "OpenSSL of a version not supported: no plaintext", True
+    ),
+    Counter("", "tls_attach_failed", "TLS libraries not probed (unreadable, refused)", True),
 )
+
+
+@dataclass
+class TlsAttachment:
+    """One process's OpenSSL and the probes attached to it (none: unsupported or failed)."""
+
+    pid: int
+    library: TlsLibrary
+    attachments: list[int] = field(default_factory=list)
+    error: str = ""  # why it has no probes
+
 
 _AF_INET = 2
 _AF_INET6 = 10
@@ -202,9 +231,20 @@ class NetworkObserver:
 
     Event = DataSyscall | ConnectionClosed | Retransmit
 
-    def __init__(self, headers: KernelHeaders, config: ObserverConfig | None = None) -> None:
+    def __init__(
+        self,
+        headers: KernelHeaders,
+        config: ObserverConfig | None = None,
+        hostfs: HostFS | None = None,
+        tls: bool = True,
+    ) -> None:
         self.headers = headers
         self.config = config or ObserverConfig()
+        self.hostfs = hostfs or HostFS()
+        # TLS plaintext by uprobes on OpenSSL (needs the uprobe PMU)
+        self.tls = tls and os.path.isdir(UPROBE_PMU)
+        self._tls: dict[int, dict[str, TlsAttachment]] = {}  # pid -> library path -> probes
+        self._tls_logged: set[tuple[str, str]] = set()  # (what, library path) logged once
         self.attached: list[str] = []  # "category:event"
         self.missing: list[str] = []  # optional tracepoints this kernel lacks
         self._program: LoadedProgram | None = None
@@ -248,7 +288,15 @@ class NetworkObserver:
             defines[flag] = 1
             tracepoints.append((category, event))
         names = [function_name(c, e) for c, e in tracepoints]
-        spec = ProgramSpec("network", defines, names[0], "tracepoint", functions=tuple(names[1:]))
+        h = header("network.h")
+        spec = ProgramSpec(
+            "network",
+            defines,
+            names[0],
+            "tracepoint",
+            functions=tuple(names[1:]),
+            probe_functions=TLS_FUNCTIONS if self.tls else (),
+        )
         program = load_program(spec, self.headers)
         self._program = program
         try:
@@ -256,6 +304,8 @@ class NetworkObserver:
             self._fd_map = program.map("fd_kinds", ctypes.c_uint64, ctypes.c_uint32)
             self._conn_map = program.map("conns", ctypes.c_uint64, self._conn.ctype)
             self._stats = program.map("stats", ctypes.c_int, ctypes.c_uint64)
+            self._ssl_calls = program.map("ssl_calls", ctypes.c_uint64, None)
+            self._ssl_conns = program.map("ssl_conns", h.structs["ssl_key"], ctypes.c_uint64)
             self._ring = RingBuffer(program.handover.maps["events"])
             for (category, event), name in zip(tracepoints, names, strict=True):
                 program.attach_tracepoint(name, category, event)
@@ -266,6 +316,7 @@ class NetworkObserver:
 
     def close(self) -> None:
         with self._lock:
+            self._tls.clear()  # the program's close ends every attachment
             if self._ring is not None:
                 self._ring.close()
                 self._ring = None
@@ -292,17 +343,101 @@ class NetworkObserver:
             key = (pid << 32) | fd
             if self._fd_map.get(key) is None:
                 self._fd_map[key] = kind
+        self.attach_tls(pid)
+
+    def attach_tls(self, pid: int) -> list[TlsAttachment]:
+        """Probe the OpenSSL libraries ``pid`` maps now that are not probed yet (once per
+        process and library: call again to pick up a library loaded later). Failures are
+        logged once per library and counted, never raised. Returns what ``pid`` has."""
+        program = self._program
+        if not self.tls or program is None or pid not in self._pids:
+            return []
+        known = self._tls.setdefault(pid, {})
+        try:
+            libraries = find_tls_libraries(pid, self.hostfs)
+        except ProcessGone:
+            return list(known.values())
+        except TlsLookupError as exc:
+            self._user["tls_attach_failed"] += 1
+            self._log_once("lookup", str(pid), "TLS libraries of process %d: %s", pid, exc)
+            return list(known.values())
+        for library in libraries:
+            if library.path in known:
+                continue
+            entry = known[library.path] = TlsAttachment(pid, library)
+            if not library.supported:
+                entry.error = f"OpenSSL {library.version or '(unknown version)'} not supported"
+                self._user["tls_unsupported_libraries"] += 1
+                self._log_once(
+                    "version", library.path, "%s (process %d): %s: no TLS plaintext",
+                    library.path, pid, entry.error,
+                )  # fmt: skip
+                continue
+            try:
+                for symbol, offset in library.offsets.items():
+                    path = library.open_path
+                    entry.attachments.append(
+                        program.attach_uprobe(PROBED[symbol], path, offset, pid)
+                    )
+                    entry.attachments.append(
+                        program.attach_uprobe(RETURN_FUNCTION, path, offset, pid, retprobe=True)
+                    )
+            except BPFLoadError as exc:
+                for attachment in entry.attachments:
+                    program.detach(attachment)
+                entry.attachments.clear()
+                entry.error = str(exc)
+                self._user["tls_attach_failed"] += 1
+                self._log_once(
+                    "attach", library.path, "no TLS plaintext from %s (process %d): %s",
+                    library.path, pid, exc,
+                )  # fmt: skip
+                continue
+            self._user["tls_libraries_attached"] += 1
+            self._user["tls_uprobes_attached"] += len(entry.attachments)
+            log.debug(
+                "TLS uprobes on %s (OpenSSL %s) for process %d: %s",
+                library.path, library.version, pid, ", ".join(library.offsets),
+            )  # fmt: skip
+        return list(known.values())
+
+    def refresh_tls(self) -> None:
+        """:meth:`attach_tls` for every watched process (libraries loaded since)."""
+        for pid in list(self._pids):
+            self.attach_tls(pid)
+
+    def tls_attachments(self) -> list[TlsAttachment]:
+        """Every (process, OpenSSL) seen, with its probes or why it has none."""
+        return [entry for known in self._tls.values() for entry in known.values()]
+
+    def _detach_tls(self, pid: int) -> None:
+        known = self._tls.pop(pid, {})
+        program = self._program
+        if program is not None:
+            for entry in known.values():
+                for attachment in entry.attachments:
+                    program.detach(attachment)
+
+    def _log_once(self, what: str, subject: str, message: str, *args: object) -> None:
+        if (what, subject) not in self._tls_logged:
+            self._tls_logged.add((what, subject))
+            log.warning(message, *args)
 
     def remove_pid(self, pid: int) -> None:
         """Stop watching ``pid`` and forget its fds and connections (no close events)."""
         with contextlib.suppress(KeyError):
             del self._pid_map[pid]
         self._pids.discard(pid)
-        for m in (self._fd_map, self._conn_map):
+        self._detach_tls(pid)
+        for m in (self._fd_map, self._conn_map, self._ssl_calls):
             for key in list(m):
                 if key.value >> 32 == pid:
                     with contextlib.suppress(KeyError):
                         del m[key]
+        for key in list(self._ssl_conns):
+            if key.pid == pid:
+                with contextlib.suppress(KeyError):
+                    del self._ssl_conns[key]
 
     # -- reading -------------------------------------------------------------
     def poll(self, timeout_ms: int, max_events: int | None = None) -> list[NetworkObserver.Event]:

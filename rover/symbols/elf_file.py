@@ -127,6 +127,14 @@ class ElfImage:
             raise ElfLoadError(f"short read at {offset:#x}")
         return data
 
+    def file_offset(self, vaddr: int) -> int | None:
+        """The file offset of virtual address ``vaddr`` (a symbol's st_value), through the
+        PT_LOAD segment holding it; None when no segment's file bytes hold it."""
+        for segment in self.segments:
+            if segment.vaddr <= vaddr < segment.vaddr + segment.filesz:
+                return vaddr - segment.vaddr + segment.offset
+        return None
+
     def load_bias(self, map_start: int, map_offset: int, map_size: int) -> int:
         """What to subtract from a runtime address in a mapping to get a symbol's st_value.
 

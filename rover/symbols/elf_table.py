@@ -207,6 +207,49 @@ def load_symbol_table(image: ElfImage) -> ElfSymbolTable:
     return _merge(parts, _section_ends(image.sections), strings)
 
 
+def defined_functions(image: ElfImage, names: Sequence[str]) -> dict[str, int]:
+    """The st_value of each of ``names`` that ``image`` defines as a function, from
+    ``.symtab`` or ``.dynsym`` (versioned names such as ``SSL_read@@OPENSSL_3.0.0``
+    match ``SSL_read``); names it only imports are absent.
+
+    Raises :class:`ElfLoadError` when a symbol table's headers point outside the file.
+    """
+    dtype = _symbol_dtype(image.elf_class, image.little_endian)
+    found: dict[str, int] = {}
+    for header in image.sections:
+        if header.type not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            continue
+        symbols, strings = _read_table(image, header, dtype)
+        if symbols is None:
+            continue
+        kind = symbols["info"] & 0xF
+        defined = ((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (symbols["shndx"] != 0)
+        defined &= (symbols["shndx"] < _SHN_LORESERVE) & (symbols["value"] != 0)
+        for name in names:
+            if name in found:
+                continue
+            offsets = _string_offsets(strings, name.encode())
+            if not offsets:
+                continue
+            hits = symbols[defined & np.isin(symbols["name"], offsets)]
+            if len(hits):
+                found[name] = int(hits["value"][0])
+    return found
+
+
+def _string_offsets(strings: bytes, name: bytes) -> list[int]:
+    """Where ``name`` starts in a string table as a whole name (ended by NUL, or by "@"
+    of a symbol version); names may be suffixes of longer strings."""
+    offsets = []
+    for end in (b"\0", b"@"):
+        needle = name + end
+        at = strings.find(needle)
+        while at >= 0:
+            offsets.append(at)
+            at = strings.find(needle, at + 1)
+    return offsets
+
+
 def _read_table(
     image: ElfImage, header: SectionHeader, dtype: np.dtype
 ) -> tuple[np.ndarray | None, bytes]:
