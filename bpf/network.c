@@ -13,8 +13,10 @@
  *   accept (server) or the first data call (role unknown); its counters and
  *   histograms are cumulative; close sends it (EVENT_CLOSE) and deletes it.
  * - The protocol is looked for in the first NET_PREFIX bytes of each data call while
- *   unknown; every counted data call of an HTTP/1 connection sends an EVENT_DATA
- *   with the first CAPTURE bytes of its first buffer.
+ *   unknown, and in the stream's first 8 bytes gathered over calls shorter than that
+ *   (a request written a byte at a time); such calls are sent while the gathered bytes
+ *   can still be an HTTP/1 start. Every counted data call of an HTTP/1 connection
+ *   sends an EVENT_DATA with the first CAPTURE bytes of its first buffer.
  * - A connect's local address comes from sock:inet_sock_set_state (SYN_SENT, then
  *   the port as the socket leaves SYN_SENT); an accepted one's from user space.
  * - tcp:tcp_probe adds the socket's smoothed RTT (µs) to the call in flight of the
@@ -613,6 +615,40 @@ static __always_inline u32 detect_protocol(u64 lo, u64 hi, u64 avail)
     return PROTO_UNKNOWN;
 }
 
+/* A message start written in calls of under 8 bytes ("G", "ET /", ...): the first bytes
+ * of the direction's stream are gathered in the record (at most 8) and detected on
+ * together. Only while every byte so far went there (the stream's very start). */
+static __always_inline u32 detect_split(struct conn_rec *conn, u32 d, u64 buffer, u64 avail)
+{
+    d &= 1;
+    u32 have = conn->start_len[d] & 7;
+    u32 n = avail & 7; /* avail < 8 here */
+    u64 bytes = 0;
+    if (n == 0 || bpf_probe_read_user(&bytes, n, (void *)buffer) != 0)
+        return PROTO_UNKNOWN;
+    /* bytes past the 8th fall off the top of the word */
+    u64 word = conn->start_bytes[d] | (bytes << (8 * have));
+    u32 len = have + n > 8 ? 8 : have + n;
+    conn->start_bytes[d] = word;
+    conn->start_len[d] = len;
+    return detect_protocol(word, 0, len);
+}
+
+/* Whether the first "len" bytes of a stream may still grow into an HTTP/1 start. */
+#define COULD_BE(value) ((word & MASK(len)) == ((u64)(value) & MASK(len)))
+static __always_inline int could_be_http(u64 word, u32 len)
+{
+    return COULD_BE(W4('G', 'E', 'T', ' ')) || COULD_BE(W4('P', 'U', 'T', ' ')) ||
+           COULD_BE(W8('P', 'O', 'S', 'T', ' ', 0, 0, 0)) ||
+           COULD_BE(W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) ||
+           COULD_BE(W8('H', 'T', 'T', 'P', '/', 0, 0, 0)) ||
+           COULD_BE(W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) ||
+           COULD_BE(W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0)) ||
+           COULD_BE(W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0)) ||
+           COULD_BE(W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) ||
+           COULD_BE(W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' '));
+}
+
 /* Bytes a sendmmsg/recvmmsg moved: the msg_len of its first "count" messages. */
 static __always_inline u64 mmsg_bytes(u64 vec, long count, u64 *first)
 {
@@ -720,13 +756,23 @@ static __always_inline int data_exit(long ret)
     }
     if (conn->ssl) /* ciphertext outside a TLS read/write: handshakes, alerts */
         return 0;
+    int split = 0;
     if (conn->protocol == PROTO_UNKNOWN && buffer) {
         u64 avail = length < size ? length : size;
         u64 head[2] = {};
-        if (bpf_probe_read_user(head, sizeof(head), (void *)buffer) == 0)
+        if (avail >= 8 && bpf_probe_read_user(head, sizeof(head), (void *)buffer) == 0)
             conn->protocol = detect_protocol(head[0], head[1], avail);
+        u32 d = direction == DIR_SEND ? 0 : 1;
+        u64 before = (d == 0 ? conn->write_bytes : conn->read_bytes) - size;
+        if (conn->protocol == PROTO_UNKNOWN && avail < 8 && before == conn->start_len[d] &&
+            before < 8) {
+            conn->protocol = detect_split(conn, d, buffer, avail);
+            split = could_be_http(conn->start_bytes[d], conn->start_len[d]);
+        }
     }
-    if (conn->protocol == PROTO_HTTP1)
+    /* the calls of a split start go out while the protocol is still unknown, so that the
+     * parser has every byte of the first message once it is known */
+    if (conn->protocol == PROTO_HTTP1 || split)
         send_data(conn, &call, id, now, size, buffer, length, direction);
     return 0;
 }

@@ -118,6 +118,8 @@ struct conn_rec {
     u32 write_hist[NET_BUCKETS];
     u32 read_hist[NET_BUCKETS];
     u32 rtt_hist[NET_BUCKETS];
+    u64 start_bytes[2]; /* send, receive: the first bytes of the stream, for detection */
+    u32 start_len[2];   /* how many of them (at most 8) */
 };
 
 /* In "ssl_conns": a TLS library object (SSL *) of a process -> its connection's key. */

@@ -17,9 +17,9 @@ H = header("network.h")
 def test_struct_layouts() -> None:
     sizes = {
         "net_addr": 24,
-        "conn_rec": 568,
+        "conn_rec": 592,
         "data_event": 88,
-        "close_event": 592,
+        "close_event": 616,
         "retransmit_event": 64,
         "fd_event": 16,
     }
@@ -28,6 +28,7 @@ def test_struct_layouts() -> None:
         Decoder(H.structs[name])  # its struct format agrees with the ctypes layout
     conn = H.structs["conn_rec"]
     assert conn.remote.offset == 32 and conn.local.offset == 56 and conn.write_hist.offset == 160
+    assert conn.start_bytes.offset == 568 and conn.start_len.offset == 584
     assert H.structs["close_event"].conn.offset == 24
     assert H.defines["NET_BUCKETS"] == len(L4_BUCKETS_NS)
 
