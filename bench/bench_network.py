@@ -59,7 +59,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -76,6 +75,7 @@ sys.path.insert(0, str(ROOT))  # this tree's rover, whatever the venv's install 
 sys.path.insert(1, str(ROOT / "tests"))
 
 from backend_data import reported  # noqa: E402
+from bench_memory import Agent, Revision  # noqa: E402
 from fake_oap import FakeOAP  # noqa: E402
 from nginx_server import nginx  # noqa: E402
 
@@ -264,51 +264,6 @@ def run_wrk(port: int, seconds: int, connections: int) -> WrkResult:
     return WrkResult(float(rate.group(1)), int(done.group(1)), errors)
 
 
-class Agent:
-    """`rover agent` of this tree, its log in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        full_env = {
-            k: v for k, v in os.environ.items() if not k.startswith("ROVER_") and k != "PYTHONPATH"
-        }
-        full_env.update(env, PYTHONPATH=str(ROOT))
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rover.cli", "agent"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def count(self, text: str) -> int:
-        return self.log_path.read_text(errors="replace").count(text)
-
-    def wait_log(self, text: str, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count(text) < count:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited ({self.proc.returncode}); log: {self.log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent: no {text!r} x{count} in {timeout} s ({self.log_path})")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
 def network_metrics(health: str) -> dict[str, float]:
     """``rover_network_events{counter=...}`` from the agent's /metrics."""
     with urllib.request.urlopen(f"http://{health}/metrics", timeout=5) as reply:
@@ -365,6 +320,7 @@ def nginx_part(rounds: int, seconds: int, connections: int, keep: bool) -> list[
         with nginx(tmp / "nginx") as (server, port):
             health = free_address()
             agent = Agent(
+                Revision("this tree", ROOT),
                 {
                     "ROVER_BACKEND_ADDR": oap.addr,
                     "ROVER_HEALTH_ADDRESS": health,
@@ -376,6 +332,7 @@ def nginx_part(rounds: int, seconds: int, connections: int, keep: bool) -> list[
                     "ROVER_PROFILING_CHECK_INTERVAL": "1s",
                 },
                 tmp / "agent.log",
+                None,
             )
             oap.wait_for(
                 lambda o: any(p.pid == server.pid for p in reported(o, SERVICE)),
@@ -417,18 +374,18 @@ def _profiled_round(
     agent: Agent, oap: FakeOAP, nginx_id: str, health: str, port: int, seconds: int,
     connections: int,
 ) -> NginxRound:  # fmt: skip
-    started, stopped = agent.count(STARTED), agent.count(STOPPED)
+    started, stopped = agent.log_text().count(STARTED), agent.log_text().count(STOPPED)
     before = network_metrics(health)
     metered0 = requests_metered(oap, nginx_id)
     t0 = time.monotonic()
     oap.add_task(nginx_id, target_type="NETWORK", duration_s=seconds + TASK_TAIL_S)
-    agent.wait_log(STARTED, started + 1, timeout=120)
+    agent.wait_log(STARTED, timeout=120, count=started + 1)
     attach_s = time.monotonic() - t0
     cpu0, wall0 = cpu_seconds(agent.pid), time.time()
     w = run_wrk(port, seconds, connections)
     cpu1, t1, wall1 = cpu_seconds(agent.pid), time.monotonic(), time.time()
     rss, _ = memory_mib(agent.pid)
-    agent.wait_log(STOPPED, stopped + 1, timeout=seconds + TASK_TAIL_S + 60)
+    agent.wait_log(STOPPED, timeout=seconds + TASK_TAIL_S + 60, count=stopped + 1)
     cpu2, t2 = cpu_seconds(agent.pid), time.monotonic()
     after = network_metrics(health)
     _, hwm = memory_mib(agent.pid)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # Sampled exchanges kept per traffic (and per connection between reports) and reason.
 TOP_N = 10
 
+# The kernel's cumulative values (ConnectionStats), and what an interval adds (L4Delta).
 _HIST_FIELDS = ("write_hist", "read_hist", "rtt_hist")
 _COUNTER_FIELDS = (
     "write_count",
@@ -45,6 +46,16 @@ _COUNTER_FIELDS = (
     "rtt_count",
     "rtt_sum_us",
 )
+_DELTA_COUNTERS = (
+    *_COUNTER_FIELDS,
+    "connect_count",
+    "connect_ns",
+    "close_count",
+    "close_ns",
+    "retransmits",
+    "drops",
+)
+_DELTA_HISTS = (*_HIST_FIELDS, "connect_hist", "close_hist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,24 +375,9 @@ def _peer_label(
 
 
 def _merge_l4(into: L4Delta, delta: L4Delta) -> None:
-    for name in (
-        "write_count",
-        "write_bytes",
-        "write_ns",
-        "read_count",
-        "read_bytes",
-        "read_ns",
-        "rtt_count",
-        "rtt_sum_us",
-        "connect_count",
-        "connect_ns",
-        "close_count",
-        "close_ns",
-        "retransmits",
-        "drops",
-    ):
+    for name in _DELTA_COUNTERS:
         setattr(into, name, getattr(into, name) + getattr(delta, name))
-    for name in ("write_hist", "read_hist", "rtt_hist", "connect_hist", "close_hist"):
+    for name in _DELTA_HISTS:
         mine = getattr(into, name)
         for i, count in enumerate(getattr(delta, name)):
             mine[i] += count
