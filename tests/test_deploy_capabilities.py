@@ -106,7 +106,11 @@ def test_the_manifest_capabilities_profile_another_users_process(busy_process, t
     caps = manifest_capabilities()
     result = check(caps)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[FAIL]" not in result.stdout and "[warn]" not in result.stdout
+    assert "[FAIL]" not in result.stdout
+    # the one thing these capabilities lack: uprobe events (HTTPS plaintext) need
+    # SYS_ADMIN on this kernel, which the manifest does not grant; the check says how
+    warnings = [line for line in result.stdout.splitlines() if "[warn]" in line]
+    assert all("uprobes" in line and "SYS_ADMIN" in line for line in warnings), warnings
     stacks = profile(busy_process.pid, tmp_path / "cpu.folded", caps)
     assert hot_share(stacks) > 0.9, stacks
     chains = [[f for f in frames if not f.endswith("_[k]")][-3:] for frames, _ in stacks]
@@ -177,3 +181,10 @@ def test_binaries_deleted_while_running_need_checkpoint_restore(spawn, workloads
     assert hot_share(stacks) > 0.9, stacks
     stacks = profile(process.pid, tmp_path / "cpu2.folded", without("CHECKPOINT_RESTORE"))
     assert hot_share(stacks) == 0, stacks
+
+
+def test_sys_admin_added_to_the_manifest_capabilities_captures_tls_plaintext():
+    result = check([*manifest_capabilities(), "SYS_ADMIN"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    (uprobes,) = [line for line in result.stdout.splitlines() if " uprobes " in line]
+    assert uprobes.startswith("[  ok]") and "attached to SSL_read/SSL_write" in uprobes

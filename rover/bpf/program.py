@@ -16,6 +16,7 @@ at the old memory cost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -155,8 +156,15 @@ class LoadedProgram:
         try:
             fd = syscall.open_uprobe(path, offset, pid, retprobe)
         except OSError as exc:
+            hint = ""
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                hint = (
+                    " (this kernel opens uprobe events for CAP_SYS_ADMIN only: give the agent "
+                    "SYS_ADMIN to capture TLS plaintext)"
+                )
             raise BPFLoadError(
-                f"could not open a {kind} at {path}+{offset:#x} (pid {pid}): {exc.strerror or exc}"
+                f"could not open a {kind} at {path}+{offset:#x} (pid {pid}): "
+                f"{exc.strerror or exc}{hint}"
             ) from exc
         try:
             syscall.attach_perf_event(fd, program_fd)
