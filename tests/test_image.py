@@ -106,7 +106,11 @@ def test_image_carries_no_installers_caches_or_tests(built_image):
 def test_init_container_check_passes(tmp_path):
     result = run(CHECK, tmp_path)
     assert result.returncode == 0, output(result)
-    assert "[FAIL]" not in result.stdout and "[warn]" not in result.stdout, output(result)
+    assert "[FAIL]" not in result.stdout, output(result)
+    # the manifest leaves SYS_ADMIN out on purpose: only uprobes (HTTPS plaintext) may warn,
+    # saying what to add (docs/deploy.md)
+    warnings = [line for line in result.stdout.splitlines() if "[warn]" in line]
+    assert all("uprobes" in w and "SYS_ADMIN" in w for w in warnings), output(result)
     assert re.search(r"^\[  ok\] off-cpu profiling ", result.stdout, re.M)  # tracefs too
 
 
