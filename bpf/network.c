@@ -59,6 +59,7 @@ struct data_scratch {
 };
 
 BPF_HASH(pids, u32, u32, MAX_PIDS);
+BPF_ARRAY(pid_slots, u32, NET_PID_SLOTS); /* a cheap first test: an array read, no hash */
 BPF_HASH(fd_kinds, u64, u32, MAX_FDS);
 BPF_HASH(conns, u64, struct conn_rec, MAX_CONNS);
 BPF_HASH(inflight, u64, struct call_rec, MAX_THREADS);
@@ -80,8 +81,14 @@ static __always_inline u64 fd_key(u32 pid, u32 fd)
     return ((u64)pid << 32) | fd;
 }
 
+/* Every traced syscall of every process on the node asks this first: most are not
+ * watched, and an array slot with no watched pid says so without the hash lookup. */
 static __always_inline int watched(u32 pid)
 {
+    u32 slot = pid & (NET_PID_SLOTS - 1);
+    u32 *count = pid_slots.lookup(&slot);
+    if (!count || *count == 0)
+        return 0;
     return pids.lookup(&pid) != 0;
 }
 

@@ -12,6 +12,7 @@
 
 #define NET_BUCKETS 34   /* layer-4 histogram buckets (spec 8.6) */
 #define NET_PREFIX 16    /* payload bytes looked at to detect the protocol */
+#define NET_PID_SLOTS 16384 /* pid_slots: watched pids per (pid & (NET_PID_SLOTS - 1)) */
 #define NET_MMSG_MAX 8   /* messages of a sendmmsg/recvmmsg whose lengths are summed */
 
 enum net_fd_kind {

@@ -31,6 +31,8 @@ def test_struct_layouts() -> None:
     assert conn.start_bytes.offset == 568 and conn.start_len.offset == 584
     assert H.structs["close_event"].conn.offset == 24
     assert H.defines["NET_BUCKETS"] == len(L4_BUCKETS_NS)
+    slots = H.defines["NET_PID_SLOTS"]  # the kernel masks pids with slots - 1
+    assert slots & (slots - 1) == 0
 
 
 def test_every_struct_is_8_byte_aligned_for_the_ring() -> None:

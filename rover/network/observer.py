@@ -265,6 +265,7 @@ class NetworkObserver:
         self._retransmit = Decoder(h.structs["retransmit_event"])
         self._fd = Decoder(h.structs["fd_event"])
         self._buckets = h.defines["NET_BUCKETS"]
+        self._pid_slot_count = h.defines["NET_PID_SLOTS"]
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -301,6 +302,7 @@ class NetworkObserver:
         self._program = program
         try:
             self._pid_map = program.map("pids", ctypes.c_uint32, ctypes.c_uint32)
+            self._pid_slots = program.map("pid_slots", ctypes.c_uint32, ctypes.c_uint32)
             self._fd_map = program.map("fd_kinds", ctypes.c_uint64, ctypes.c_uint32)
             self._conn_map = program.map("conns", ctypes.c_uint64, self._conn.ctype)
             self._stats = program.map("stats", ctypes.c_int, ctypes.c_uint64)
@@ -337,6 +339,8 @@ class NetworkObserver:
         for fd, kind in classify_fds(pid).items():
             self._fd_map[(pid << 32) | fd] = kind
         self._pid_map[pid] = 1
+        if pid not in self._pids:
+            self._add_to_slot(pid, 1)
         self._pids.add(pid)
         # fds made meanwhile (the kernel may know them already: those are kept)
         for fd, kind in classify_fds(pid).items():
@@ -423,8 +427,15 @@ class NetworkObserver:
             self._tls_logged.add((what, subject))
             log.warning(message, *args)
 
+    def _add_to_slot(self, pid: int, change: int) -> None:
+        """The kernel's first test (``pid_slots``): how many watched pids share a slot."""
+        slot = pid & (self._pid_slot_count - 1)
+        self._pid_slots[slot] = max(0, int(self._pid_slots[slot]) + change)
+
     def remove_pid(self, pid: int) -> None:
         """Stop watching ``pid`` and forget its fds and connections (no close events)."""
+        if pid in self._pids:
+            self._add_to_slot(pid, -1)
         with contextlib.suppress(KeyError):
             del self._pid_map[pid]
         self._pids.discard(pid)
