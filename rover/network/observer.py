@@ -28,11 +28,9 @@ import ctypes
 import ipaddress
 import logging
 import os
-import re
 import struct
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rover.bpf.contract import Counter, header
@@ -55,6 +53,7 @@ from rover.network.model import (
     Role,
     SocketAddress,
 )
+from rover.network.sockets import SocketTable, fd_exists, open_fds, socket_inode
 from rover.network.tls import (
     PROBED,
     RETURN_FUNCTION,
@@ -127,7 +126,6 @@ class TlsAttachment:
 
 _AF_INET = 2
 _AF_INET6 = 10
-_SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
 
 
 def _enum(name: str) -> dict[str, int]:
@@ -336,14 +334,14 @@ class NetworkObserver:
     # -- processes -----------------------------------------------------------
     def add_pid(self, pid: int) -> None:
         """Watch ``pid`` (its fds classified first, from /proc)."""
-        for fd, kind in classify_fds(pid).items():
+        for fd, kind in classify_fds(pid, self.hostfs).items():
             self._fd_map[(pid << 32) | fd] = kind
         self._pid_map[pid] = 1
         if pid not in self._pids:
             self._add_to_slot(pid, 1)
         self._pids.add(pid)
         # fds made meanwhile (the kernel may know them already: those are kept)
-        for fd, kind in classify_fds(pid).items():
+        for fd, kind in classify_fds(pid, self.hostfs).items():
             key = (pid << 32) | fd
             if self._fd_map.get(key) is None:
                 self._fd_map[key] = kind
@@ -465,9 +463,13 @@ class NetworkObserver:
         """Every connection the kernel has a record of now."""
         found = []
         decode = self._conn.packer.unpack
+        tables: dict[int, SocketTable] = {}
         for _, leaf in self._conn_map.items():
-            stats = self._stats_of(decode(bytes(leaf)), 0)
+            stats = self._stats_of(decode(bytes(leaf)), 0, tables)
             found.append(stats)
+        # kept local addresses of connections the kernel no longer has (a lost close event)
+        live = {stats.conn_id for stats in found}
+        self._locals = {c: a for c, a in self._locals.items() if c in live}
         return found
 
     def counters(self) -> dict[str, int]:
@@ -539,8 +541,10 @@ class NetworkObserver:
         remote = _address(v[i["remote.family"]], v[i["remote.addr"]], v[i["remote.port"]])
         return Retransmit(local or SocketAddress("", 0), remote or SocketAddress("", 0))
 
-    def _stats_of(self, v: tuple[Any, ...], base: int) -> ConnectionStats:
-        """A conn_rec unpacked at position ``base`` of ``v``."""
+    def _stats_of(
+        self, v: tuple[Any, ...], base: int, tables: dict[int, SocketTable] | None = None
+    ) -> ConnectionStats:
+        """A conn_rec unpacked at position ``base`` of ``v`` (``tables``: see _local_of)."""
         i = self._conn.index
         n = self._buckets
 
@@ -550,7 +554,7 @@ class NetworkObserver:
         conn_id, pid, fd = at("conn_id"), at("pid"), at("fd")
         local = _address(at("local.family"), at("local.addr"), at("local.port"))
         if local is None or local.port == 0:
-            local = self._local_of(conn_id, pid, fd) or local
+            local = self._local_of(conn_id, pid, fd, tables) or local
         w, r, t = base + i["write_hist[0]"], base + i["read_hist[0]"], base + i["rtt_hist[0]"]
         return ConnectionStats(
             conn_id=conn_id,
@@ -575,16 +579,20 @@ class NetworkObserver:
             rtt_hist=v[t : t + n],
         )
 
-    def _local_of(self, conn_id: int, pid: int, fd: int) -> SocketAddress | None:
-        """The local address of an open connection, from /proc (kept per connection)."""
+    def _local_of(
+        self, conn_id: int, pid: int, fd: int, tables: dict[int, SocketTable] | None
+    ) -> SocketAddress | None:
+        """The local address of an open connection, from /proc (kept per connection);
+        ``tables`` (one read per process for a whole :meth:`connections`) None: the kept
+        one only, no I/O (events, read in the hot path)."""
         known = self._locals.get(conn_id)
-        if known is not None:
+        if known is not None or tables is None:
             return known
-        inode = socket_inode(pid, fd)
-        if inode is None:
-            return None
-        found = inet_sockets(pid).get(inode)
-        if found is not None and found[0] is not None:
+        table = tables.get(pid)
+        if table is None:
+            table = tables[pid] = SocketTable(self.hostfs, pid)
+        found = table.addresses(fd)
+        if found is not None:
             self._locals[conn_id] = found[0]
             return found[0]
         return None
@@ -594,12 +602,12 @@ class NetworkObserver:
         if pid not in self._pids:
             self._forget(key)
             return
-        inode = socket_inode(pid, fd)
-        if inode is None and not _fd_exists(pid, fd):
+        inode = socket_inode(self.hostfs, pid, fd)
+        if inode is None and not fd_exists(self.hostfs, pid, fd):
             self._user["fds_gone"] += 1
             self._forget(key)
             return
-        inet = inode is not None and inode in inet_sockets(pid)
+        inet = inode is not None and SocketTable(self.hostfs, pid).is_inet(inode)
         self._user["fds_resolved_inet" if inet else "fds_resolved_other"] += 1
         if self._fd_map.get(key) != self._fd_kinds["FD_PENDING"]:
             return  # closed and reused meanwhile: the kernel knows better (socket, accept)
@@ -610,7 +618,7 @@ class NetworkObserver:
             del self._fd_map[key]
 
 
-# -- /proc ---------------------------------------------------------------------
+# -- addresses and fds ---------------------------------------------------------
 
 
 def _address(family: int, raw: bytes, port: int) -> SocketAddress | None:
@@ -623,63 +631,13 @@ def _address(family: int, raw: bytes, port: int) -> SocketAddress | None:
     return None
 
 
-def _fd_exists(pid: int, fd: int) -> bool:
-    return os.path.lexists(f"/proc/{pid}/fd/{fd}")
-
-
-def socket_inode(pid: int, fd: int) -> int | None:
-    """The inode of ``pid``'s fd when it is a socket, else None."""
-    try:
-        link = os.readlink(f"/proc/{pid}/fd/{fd}")
-    except OSError:
-        return None
-    match = _SOCKET_LINK.fullmatch(link)
-    return int(match.group(1)) if match else None
-
-
-def _proc_address(text: str) -> SocketAddress:
-    host, _, port = text.partition(":")
-    raw = bytes.fromhex(host)
-    # the kernel prints each 32-bit word in host (little-endian) order
-    flipped = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    family = _AF_INET if len(raw) == 4 else _AF_INET6
-    found = _address(family, flipped, int(port, 16))
-    assert found is not None
-    return found
-
-
-def inet_sockets(pid: int) -> dict[int, tuple[SocketAddress | None, SocketAddress | None]]:
-    """inode -> (local, remote) of the TCP and UDP sockets of ``pid``'s network namespace."""
-    found: dict[int, tuple[SocketAddress | None, SocketAddress | None]] = {}
-    for name in ("tcp", "tcp6", "udp", "udp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) < 10:
-                continue
-            try:
-                found[int(parts[9])] = (_proc_address(parts[1]), _proc_address(parts[2]))
-            except ValueError:
-                continue
-    return found
-
-
-def classify_fds(pid: int) -> dict[int, int]:
+def classify_fds(pid: int, hostfs: HostFS | None = None) -> dict[int, int]:
     """fd -> enum net_fd_kind for every open fd of ``pid`` (empty if it is gone)."""
+    hostfs = hostfs or HostFS()
     kinds = _enum("net_fd_kind")
-    try:
-        fds = [int(name) for name in os.listdir(f"/proc/{pid}/fd")]
-    except OSError:
-        return {}
-    inet: dict[int, Any] | None = None
+    table = SocketTable(hostfs, pid)  # read only if some fd is a socket
     out = {}
-    for fd in fds:
-        inode = socket_inode(pid, fd)
-        if inode is not None and inet is None:
-            inet = inet_sockets(pid)
-        is_inet = inode is not None and inet is not None and inode in inet
-        out[fd] = kinds["FD_INET" if is_inet else "FD_OTHER"]
+    for fd in open_fds(hostfs, pid):
+        inode = socket_inode(hostfs, pid, fd)
+        out[fd] = kinds["FD_INET" if inode is not None and table.is_inet(inode) else "FD_OTHER"]
     return out

@@ -1,9 +1,12 @@
-"""A process's TCP sockets from procfs: the addresses the kernel side could not see.
+"""A process's inet sockets from procfs: which fds are sockets, and the addresses the
+kernel side could not see.
 
 Without kprobes an accepted connection's local address is not in any tracepoint the
 program uses, so it is looked up here (spec 8.3: Rover's fallback too): the fd's socket
-inode from ``/proc/PID/fd/N``, then that inode's line in ``/proc/PID/net/tcp{,6}`` (the
-process's network namespace). Also the host's own addresses, for the ``*_local`` label.
+inode from ``/proc/PID/fd/N``, then that inode's line in ``/proc/PID/net/{tcp,tcp6,udp,
+udp6}`` (the process's network namespace). Every path goes through :class:`HostFS` (the
+host's /proc when the agent runs in a container). Also the host's own addresses, for the
+``*_local`` label.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import socket
+from dataclasses import dataclass
 
 import psutil
 
@@ -20,7 +25,16 @@ from rover.network.model import SocketAddress
 
 log = logging.getLogger(__name__)
 
-_LISTEN = "0A"
+_LISTEN = "0A"  # TCP_LISTEN in the "st" column
+_SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
+_TABLES = ("tcp", "tcp6", "udp", "udp6")
+
+
+@dataclass(frozen=True, slots=True)
+class InetSocket:
+    local: SocketAddress
+    remote: SocketAddress
+    state: str  # the "st" column, hex
 
 
 def _address(hex_ip: str, hex_port: str) -> SocketAddress:
@@ -33,51 +47,73 @@ def _address(hex_ip: str, hex_port: str) -> SocketAddress:
     return SocketAddress(str(ip), int(hex_port, 16))
 
 
+def socket_inode(hostfs: HostFS, pid: int, fd: int) -> int | None:
+    """The inode of ``pid``'s fd when it is a socket now, else None (gone included)."""
+    try:
+        link = os.readlink(hostfs.proc_path(pid, "fd", str(fd)))
+    except OSError:
+        return None
+    match = _SOCKET_LINK.fullmatch(link)
+    return int(match.group(1)) if match else None
+
+
+def fd_exists(hostfs: HostFS, pid: int, fd: int) -> bool:
+    return os.path.lexists(hostfs.proc_path(pid, "fd", str(fd)))
+
+
+def open_fds(hostfs: HostFS, pid: int) -> list[int]:
+    """``pid``'s open fds (empty when it is gone)."""
+    try:
+        return [int(name) for name in os.listdir(hostfs.proc_path(pid, "fd"))]
+    except OSError:
+        return []
+
+
+def inet_sockets(hostfs: HostFS, pid: int) -> dict[int, InetSocket]:
+    """Socket inode -> its TCP or UDP socket, for ``pid``'s network namespace."""
+    table: dict[int, InetSocket] = {}
+    for name in _TABLES:
+        try:
+            text = hostfs.read_text(pid, "net", name)
+        except (OSError, ProcessGone):
+            continue  # no IPv6, or the process is gone
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            try:
+                local = _address(*fields[1].split(":"))
+                remote = _address(*fields[2].split(":"))
+                table[int(fields[9])] = InetSocket(local, remote, fields[3])
+            except ValueError:
+                continue
+    return table
+
+
 class SocketTable:
-    """Socket inodes of one process's namespace -> (local, remote, state); read once per
-    report interval per process that needs it."""
+    """One process's inet sockets, read at most once (per report, per lookup batch)."""
 
     def __init__(self, hostfs: HostFS, pid: int) -> None:
         self.hostfs = hostfs
         self.pid = pid
-        self._by_inode: dict[int, tuple[SocketAddress, SocketAddress, str]] | None = None
+        self._by_inode: dict[int, InetSocket] | None = None
 
-    def _load(self) -> dict[int, tuple[SocketAddress, SocketAddress, str]]:
-        table: dict[int, tuple[SocketAddress, SocketAddress, str]] = {}
-        for name in ("tcp", "tcp6"):
-            try:
-                text = self.hostfs.read_text(self.pid, "net", name)
-            except (OSError, ProcessGone):
-                continue  # no IPv6, or the process is gone
-            for line in text.splitlines()[1:]:
-                fields = line.split()
-                if len(fields) < 10:
-                    continue
-                try:
-                    local = _address(*fields[1].split(":"))
-                    remote = _address(*fields[2].split(":"))
-                    table[int(fields[9])] = (local, remote, fields[3])
-                except ValueError:
-                    continue
-        return table
+    def _sockets(self) -> dict[int, InetSocket]:
+        if self._by_inode is None:
+            self._by_inode = inet_sockets(self.hostfs, self.pid)
+        return self._by_inode
+
+    def is_inet(self, inode: int) -> bool:
+        return inode in self._sockets()
 
     def addresses(self, fd: int) -> tuple[SocketAddress, SocketAddress] | None:
-        """(local, remote) of the process's fd, None when it is not a TCP socket now."""
-        try:
-            target = os.readlink(self.hostfs.proc_path(self.pid, "fd", str(fd)))
-        except OSError:
-            return None
-        if not target.startswith("socket:["):
-            return None
-        if self._by_inode is None:
-            self._by_inode = self._load()
-        found = self._by_inode.get(int(target[8:-1]))
-        return None if found is None else (found[0], found[1])
+        """(local, remote) of the process's fd, None when it is not an inet socket now."""
+        inode = socket_inode(self.hostfs, self.pid, fd)
+        found = None if inode is None else self._sockets().get(inode)
+        return None if found is None else (found.local, found.remote)
 
     def listening_ports(self) -> set[int]:
-        if self._by_inode is None:
-            self._by_inode = self._load()
-        return {local.port for local, _, state in self._by_inode.values() if state == _LISTEN}
+        return {s.local.port for s in self._sockets().values() if s.state == _LISTEN}
 
 
 def host_addresses() -> frozenset[str]:
