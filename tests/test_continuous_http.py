@@ -383,7 +383,7 @@ def test_the_source_is_bounded_and_counts_what_it_loses():
             call(1, 7, 2 * i + 2, Direction.SEND, response(200), 1010 + i, 1011 + i),
         )
     obs.push(call(2, 7, 1, Direction.RECV, REQUEST, 1000, 1001))  # a second connection
-    wait_until(lambda: monitor.counters["http_connections_untracked"] == 1)
+    wait_until(lambda: monitor.metrics()["http_connections_untracked"] == 1)
     assert len(monitor.drain()) == 2
     assert monitor.counters["http_events_dropped"] == 1
     monitor.close()

@@ -13,9 +13,9 @@ the duration is their difference in whole ms. Times are CLOCK_MONOTONIC, which
 is Python's ``time.monotonic`` (the profiler's clock). Unlike Rover, pipelined
 requests are all paired (the parser queues them) rather than replaced.
 
-Everything is bounded: parsers (``max_connections``, idle ones expire), the
-events waiting for :meth:`drain` (``max_events``); losses are counted in
-:attr:`HttpMonitor.counters`.
+Everything is bounded: parsers (``max_connections``, idle ones expire: see
+``rover.network.parsers``), the events waiting for :meth:`drain` (``max_events``);
+losses are counted in :meth:`HttpMonitor.metrics`.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from collections.abc import Callable, Iterable
 
 from rover.continuous.http_series import HttpEvent
 from rover.network.model import ConnectionClosed, DataSyscall, HttpExchange, Role
-from rover.network.monitor import ConnectionParser, Observer
+from rover.network.monitor import Observer
+from rover.network.parsers import IDLE_S, ConnectionParser, ConnectionParsers
 from rover.network.sampling import request_path
 
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 4096  # connections parsed at once
 MAX_EVENTS = 100_000  # events waiting for the profiler (about 2 MB)
-PARSER_IDLE_S = 300.0  # a parser not fed for this long is dropped (its close was lost)
 RETRY_LOAD_S = 60.0  # after the program failed to load
 _POLL_MS = 200
 
@@ -44,8 +44,6 @@ COUNTERS = (
     "http_events",  # served requests handed to the profiler
     "http_events_dropped",  # the profiler did not drain in time: oldest dropped
     "http_client_exchanges",  # requests the process made (not measured)
-    "http_connections_untracked",  # a connection beyond MAX_CONNECTIONS: not parsed
-    "http_parsers_expired",  # idle parsers dropped
     "observer_loads",
     "observer_load_failures",
     "pid_add_failures",  # a process that could not be watched (gone, /proc unreadable)
@@ -64,12 +62,10 @@ class HttpMonitor:
         *,
         max_connections: int = MAX_CONNECTIONS,
         max_events: int = MAX_EVENTS,
-        parser_idle_s: float = PARSER_IDLE_S,
+        parser_idle_s: float = IDLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.make_observer = make_observer
-        self.make_parser = make_parser
-        self.max_connections = max_connections
         self.parser_idle_s = parser_idle_s
         self.clock = clock
         self.counters: dict[str, int] = defaultdict(int, dict.fromkeys(COUNTERS, 0))
@@ -82,9 +78,7 @@ class HttpMonitor:
         # owned by the thread
         self._observer: Observer | None = None
         self._watched: set[int] = set()
-        self._parsers: dict[int, ConnectionParser] = {}
-        self._seen: dict[int, float] = {}  # conn id -> last fed (clock)
-        self._conn_pids: dict[int, int] = {}
+        self._parsers = ConnectionParsers(make_parser, max_connections, parser_idle_s, clock)
 
     # -- the profiler's side ---------------------------------------------------
     def watch(self, pids: Iterable[int]) -> None:
@@ -119,6 +113,7 @@ class HttpMonitor:
 
     def metrics(self) -> dict[str, int]:
         values = dict(self.counters)
+        values.update(self._parsers.counters)
         observer = self._observer
         if observer is not None:
             with contextlib.suppress(Exception):  # closed meanwhile
@@ -171,7 +166,7 @@ class HttpMonitor:
             self._poll()
             if self.clock() >= next_sweep:
                 next_sweep = self.clock() + self.parser_idle_s
-                self._expire_parsers()
+                self._parsers.expire()
 
     def _load(self) -> bool:
         try:
@@ -192,8 +187,6 @@ class HttpMonitor:
         observer, self._observer = self._observer, None
         self._watched.clear()
         self._parsers.clear()
-        self._seen.clear()
-        self._conn_pids.clear()
         if observer is not None:
             observer.close()
             log.info("continuous profiling: HTTP monitoring stopped")
@@ -207,8 +200,7 @@ class HttpMonitor:
                 observer.remove_pid(pid)
             except Exception as exc:  # noqa: BLE001
                 log.debug("continuous profiling: HTTP unwatch of %d failed: %s", pid, exc)
-            for conn_id in [c for c, p in self._conn_pids.items() if p == pid]:
-                self._forget(conn_id)
+            self._parsers.forget_pid(pid)
         for pid in wanted - self._watched:
             try:
                 observer.add_pid(pid)
@@ -252,24 +244,10 @@ class HttpMonitor:
     def _on_data(self, syscall: DataSyscall) -> list[HttpEvent]:
         if syscall.pid not in self._watched:
             return []
-        parser = self._parsers.get(syscall.conn_id)
-        if parser is None:
-            if len(self._parsers) >= self.max_connections:
-                self.counters["http_connections_untracked"] += 1
-                return []
-            parser = self._parsers[syscall.conn_id] = self.make_parser(syscall.conn_id, syscall.pid)
-            self._conn_pids[syscall.conn_id] = syscall.pid
-        self._seen[syscall.conn_id] = self.clock()
-        return self._served(parser.feed(syscall))
+        return self._served(self._parsers.feed(syscall))
 
     def _on_close(self, closed: ConnectionClosed) -> list[HttpEvent]:
-        conn_id = closed.stats.conn_id
-        parser = self._parsers.get(conn_id)
-        if parser is None:
-            return []
-        found = self._served(parser.close())
-        self._forget(conn_id)
-        return found
+        return self._served(self._parsers.close(closed.stats.conn_id))
 
     def _served(self, exchanges: list[HttpExchange]) -> list[HttpEvent]:
         found = []
@@ -279,21 +257,6 @@ class HttpMonitor:
                 continue
             found.append(event_of(exchange))
         return found
-
-    def _forget(self, conn_id: int) -> None:
-        parser = self._parsers.pop(conn_id, None)
-        self._seen.pop(conn_id, None)
-        self._conn_pids.pop(conn_id, None)
-        if parser is not None:
-            for name, n in parser.counters.items():
-                if n:
-                    self.counters[name] += n
-
-    def _expire_parsers(self) -> None:
-        oldest = self.clock() - self.parser_idle_s
-        for conn_id in [c for c, seen in self._seen.items() if seen < oldest]:
-            self.counters["http_parsers_expired"] += 1
-            self._forget(conn_id)
 
 
 def event_of(exchange: HttpExchange) -> HttpEvent:

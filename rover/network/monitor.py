@@ -37,6 +37,7 @@ from rover.network.model import (
     SocketAddress,
     Traffic,
 )
+from rover.network.parsers import ConnectionParser, ConnectionParsers
 from rover.network.sockets import SocketTable, host_addresses
 from rover.network.traffic import (
     TOP_N,
@@ -59,13 +60,6 @@ class Observer(Protocol):
     def connections(self) -> list[ConnectionStats]: ...
     def counters(self) -> dict[str, int]: ...
     def close(self) -> None: ...
-
-
-class ConnectionParser(Protocol):
-    counters: dict[str, int]
-
-    def feed(self, syscall: DataSyscall) -> list[HttpExchange]: ...
-    def close(self) -> list[HttpExchange]: ...
 
 
 class ReportSender(Protocol):
@@ -99,7 +93,6 @@ class NetworkMonitor:
     ) -> None:
         self.config = config
         self.make_observer = make_observer
-        self.make_parser = make_parser
         self.sample = sample
         self.sender = sender
         self.hostfs = hostfs or HostFS()
@@ -113,8 +106,7 @@ class NetworkMonitor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._tracker = ConnectionTracker(config.max_connections)
-        self._parsers: dict[int, ConnectionParser] = {}
-        self._conn_pids: dict[int, int] = {}  # conn id -> pid, to forget a pid's parsers
+        self._parsers = ConnectionParsers(make_parser, config.max_connections)
         self._by_tuple: dict[tuple[SocketAddress, SocketAddress], int] = {}
         self._reports: queue.Queue[tuple[list[Traffic], int] | None] = queue.Queue(maxsize=2)
         self._sender_thread: threading.Thread | None = None
@@ -165,11 +157,7 @@ class NetworkMonitor:
                     if self._observer is not None and not watched.exited:
                         self._observer.remove_pid(pid)
                     self._tracker.forget_pid(pid)
-                    for conn_id in [c for c, p in self._conn_pids.items() if p == pid]:
-                        del self._conn_pids[conn_id]
-                        parser = self._parsers.pop(conn_id, None)
-                        if parser is not None:
-                            self._count_parser(parser)
+                    self._parsers.forget_pid(pid)
 
     def prepare(self) -> None:
         """Load the program if no task has yet (seconds: the caller holds no lock of its
@@ -255,14 +243,7 @@ class NetworkMonitor:
                         log.exception("a network event could not be analyzed (counted)")
 
     def _on_data(self, syscall: DataSyscall) -> None:
-        parser = self._parsers.get(syscall.conn_id)
-        if parser is None:
-            if len(self._parsers) >= self.config.max_connections:
-                self.counters["http_connections_untracked"] += 1
-                return
-            parser = self._parsers[syscall.conn_id] = self.make_parser(syscall.conn_id, syscall.pid)
-            self._conn_pids[syscall.conn_id] = syscall.pid
-        self._take(syscall.pid, parser.feed(syscall))
+        self._take(syscall.pid, self._parsers.feed(syscall))
 
     def _take(self, pid: int, exchanges: list[HttpExchange]) -> None:
         watched = self._watched.get(pid)
@@ -275,12 +256,7 @@ class NetworkMonitor:
                 self._tracker.add_sampled(exchange.conn_id, sampled)
 
     def _on_close(self, closed: ConnectionClosed) -> None:
-        conn_id = closed.stats.conn_id
-        parser = self._parsers.pop(conn_id, None)
-        self._conn_pids.pop(conn_id, None)
-        if parser is not None:
-            self._take(closed.stats.pid, parser.close())
-            self._count_parser(parser)
+        self._take(closed.stats.pid, self._parsers.close(closed.stats.conn_id))
         self._tracker.closed(closed.stats)
 
     def _on_retransmit(self, event: Retransmit) -> None:
@@ -289,12 +265,6 @@ class NetworkMonitor:
             self.counters["retransmits_unattributed"] += 1
             return
         self._tracker.add_retransmit(conn_id)
-
-    def _count_parser(self, parser: ConnectionParser) -> None:
-        for name, n in parser.counters.items():
-            if n:
-                self.counters[name] += n
-                parser.counters[name] = 0
 
     def _report(self) -> None:
         observer = self._observer
@@ -337,8 +307,8 @@ class NetworkMonitor:
                 for i in intervals
                 if i.stats.local is not None and i.stats.remote is not None
             }
-            for parser in self._parsers.values():
-                self._count_parser(parser)
+            self._parsers.collect_counters()
+            self._parsers.expire()  # closes that never came (lost events)
             for traffic in traffics:
                 traffic.sampled = _top_n(traffic.sampled)
             self._forget_exited(observer, live)
@@ -363,12 +333,7 @@ class NetworkMonitor:
             left_open = sum(1 for c in live if c.pid == pid)
             self.counters["processes_exited"] += 1
             self.counters["connections_open_at_exit"] += left_open
-            for conn_id in [c for c, p in self._conn_pids.items() if p == pid]:
-                del self._conn_pids[conn_id]
-                parser = self._parsers.pop(conn_id, None)
-                if parser is not None:
-                    parser.close()
-                    self._count_parser(parser)
+            self._parsers.forget_pid(pid, close=True)
             log.info("network: process %d exited (%d connections open)", pid, left_open)
 
     def _send_reports(self) -> None:
@@ -397,7 +362,6 @@ class NetworkMonitor:
             for name, n in (observer.counters() if observer else {}).items():
                 self.counters[f"kernel_{name}"] = n
             self._parsers.clear()
-            self._conn_pids.clear()
             self._watched.clear()
             self._leaving.clear()
         if observer is not None:
@@ -411,6 +375,7 @@ class NetworkMonitor:
         """Counters for /metrics: the analyzer's and, while running, the kernel's."""
         with self._lock:
             values = dict(self.counters)
+            values.update(self._parsers.counters)
             values.update({f"tracker_{k}": v for k, v in self._tracker.counters.items()})
             observer = self._observer
         if observer is not None:
