@@ -77,7 +77,7 @@ sys.path.insert(1, str(ROOT / "tests"))
 from backend_data import reported  # noqa: E402
 from bench_memory import Agent, Revision  # noqa: E402
 from fake_oap import FakeOAP  # noqa: E402
-from nginx_server import nginx  # noqa: E402
+from nginx_server import WrkResult, nginx, run_wrk  # noqa: E402
 
 from rover.bpf.contract import header  # noqa: E402
 
@@ -235,33 +235,6 @@ MONITOR_LOSSES = {
 
 
 # -- part 1: nginx under wrk -----------------------------------------------------------
-
-
-@dataclass
-class WrkResult:
-    rate: float  # requests/s
-    requests: int  # requests completed
-    errors: str  # wrk's error lines, if any
-
-
-def run_wrk(port: int, seconds: int, connections: int) -> WrkResult:
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise RuntimeError("wrk is not installed (scripts/setup.sh installs it)")
-    out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    done = re.search(r"(\d+) requests in", out)
-    if not rate or not done:
-        raise RuntimeError(f"unexpected wrk output: {out}")
-    errors = "; ".join(
-        line.strip() for line in out.splitlines() if "errors" in line or "Non-2xx" in line
-    )
-    return WrkResult(float(rate.group(1)), int(done.group(1)), errors)
 
 
 def network_metrics(health: str) -> dict[str, float]:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 NGINX = "/usr/sbin/nginx"
@@ -111,8 +112,15 @@ def nginx(
         process.wait()
 
 
-def load(port: int, seconds: float, connections: int = 8) -> float:
-    """Requests per second that ``wrk`` (one thread) got over ``seconds``."""
+@dataclass(frozen=True)
+class WrkResult:
+    rate: float  # requests/s
+    requests: int  # requests completed
+    errors: str  # wrk's error lines, if any
+
+
+def run_wrk(port: int, seconds: float, connections: int = 8) -> WrkResult:
+    """``wrk`` (one thread) against http://127.0.0.1:PORT/ for ``seconds``."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (scripts/setup.sh installs it)")
@@ -128,10 +136,19 @@ def load(port: int, seconds: float, connections: int = 8) -> float:
         text=True,
         check=True,
     ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    done = re.search(r"(\d+) requests in", out)
+    if not rate or not done:
         raise RuntimeError(f"unexpected wrk output: {out}")
-    return float(match.group(1))
+    errors = "; ".join(
+        line.strip() for line in out.splitlines() if "errors" in line or "Non-2xx" in line
+    )
+    return WrkResult(float(rate.group(1)), int(done.group(1)), errors)
+
+
+def load(port: int, seconds: float, connections: int = 8) -> float:
+    """Requests per second that ``wrk`` (one thread) got over ``seconds``."""
+    return run_wrk(port, seconds, connections).rate
 
 
 def profile_under_load(engine, pid: int, port: int, seconds: float = 3.0):
