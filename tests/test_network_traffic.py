@@ -37,7 +37,7 @@ def context(same_instance: bool = False, host: frozenset[str] = frozenset()) -> 
             CLIENT_PID: [LocalEntity("client-id", entity("client-svc"))],
             SERVER_PID: [LocalEntity("server-id", entity(server_service))],
         },
-        listening={SERVER_PID: {8080}},
+        listening=lambda pid: {8080} if pid == SERVER_PID else set(),
     )
 
 

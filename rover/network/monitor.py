@@ -296,7 +296,7 @@ class NetworkMonitor:
                     pid: [LocalEntity(process_id, entity) for process_id, entity in items.items()]
                     for pid, items in named.items()
                 },
-                listening={pid: table(pid).listening_ports() for pid in named},
+                listening=lambda pid: table(pid).listening_ports(),
             )
             intervals = self._tracker.report(c for c in live if c.pid in named)
             traffics = build_traffics(

@@ -246,7 +246,9 @@ class PeerContext:
 
     host_addresses: frozenset[str]
     entities: dict[int, list[LocalEntity]]  # watched pid -> its backend processes
-    listening: dict[int, set[int]]  # watched pid -> ports it listens on
+    # watched pid -> ports it listens on; asked only for a connection of unknown role
+    # (read from /proc: not for every process at every report)
+    listening: Callable[[int], set[int]]
 
 
 def _fill_addresses(
@@ -302,8 +304,7 @@ def build_traffics(
                 others = [pid for pid in owners if pid != stats.pid]
                 peer_pid = (others or owners)[0]
         if role is Role.UNKNOWN and stats.local is not None:
-            listening = context.listening.get(stats.pid, set())
-            role = Role.SERVER if stats.local.port in listening else Role.CLIENT
+            role = Role.SERVER if stats.local.port in context.listening(stats.pid) else Role.CLIENT
         interval.role = role
         folded = Role.CLIENT if role is Role.UNKNOWN else role
         if peer_pid is not None:
