@@ -84,7 +84,6 @@ def _traffic(
     return Traffic(
         entity=entity,
         process_id=OWN_ID,
-        process_name=entity.process_name,
         role=role,
         peer=peer or PeerLabel("address", "10.96.0.12:8080"),
         protocol=protocol,

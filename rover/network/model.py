@@ -253,7 +253,6 @@ class Traffic:
 
     entity: Entity
     process_id: str  # the local entity's backend process id
-    process_name: str
     role: Role  # UNKNOWN kept: the log says "client" for it, the meters "client" too
     peer: PeerLabel
     protocol: Protocol

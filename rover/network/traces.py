@@ -154,7 +154,7 @@ def _entity_tags(traffic: Traffic) -> Tags:
     return (
         ("service_name", traffic.entity.service_name),
         ("service_instance_name", traffic.entity.instance_name),
-        ("process_name", traffic.process_name),
+        ("process_name", traffic.entity.process_name),
     )
 
 

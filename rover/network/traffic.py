@@ -343,7 +343,6 @@ def build_traffics(
                 Traffic(
                     entity=local.entity,
                     process_id=local.process_id,
-                    process_name=local.entity.process_name,
                     role=role,
                     peer=_peer_label(local, peer_pid, remote, context, local_ips),
                     protocol=protocol,
