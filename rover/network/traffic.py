@@ -103,6 +103,11 @@ def _delta(now: ConnectionStats, before: ConnectionStats | None) -> L4Delta:
     return d
 
 
+def _role(stats: ConnectionStats, tracked: _Tracked) -> Role:
+    """The kernel's role, else the one its HTTP traffic showed."""
+    return stats.role if stats.role is not Role.UNKNOWN else tracked.http_role
+
+
 def _add_hist(hist: list[int], ns: int) -> None:
     hist[bucket_index(L4_BUCKETS_NS, ns)] += 1
 
@@ -185,8 +190,7 @@ class ConnectionTracker:
                 delta.close_ns = stats.close_ns
                 _add_hist(delta.close_hist, stats.close_ns)
             delta.retransmits = tracked.retransmits
-            role = stats.role if stats.role is not Role.UNKNOWN else tracked.http_role
-            intervals.append(_Interval(stats, delta, tracked, role))
+            intervals.append(_Interval(stats, delta, tracked, _role(stats, tracked)))
         # Gone without a close event (it was dropped, or the record was): what the parser
         # counted for it since the last report still goes out, under its last values.
         for conn_id, tracked in list(self._tracked.items()):
@@ -203,8 +207,8 @@ class ConnectionTracker:
                     del self._tracked[conn_id]
                 continue
             self.counters["connections_gone_without_close"] += 1
-            role = tracked.last.role if tracked.last.role is not Role.UNKNOWN else tracked.http_role
-            intervals.append(_Interval(tracked.last, L4Delta(), tracked, role))
+            delta = L4Delta(retransmits=tracked.retransmits)
+            intervals.append(_Interval(tracked.last, delta, tracked, _role(tracked.last, tracked)))
             self._closed[conn_id] = tracked.last  # forgotten below, like a closed one
         # What was reported becomes the baseline; closed ones are done.
         for interval in intervals:
